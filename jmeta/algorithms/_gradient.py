@@ -1,0 +1,221 @@
+"""The gradient-based family (MAML, first-order MAML, Meta-SGD, ANIL) on one shared engine."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+
+from jmeta.core._inner import InnerRule, inner_loop, mse_loss
+from jmeta.core._meta import MetaLearner
+from jmeta.core._tree import mask_by_path, partition, path_name
+from jmeta.core._types import Batch, Episode, Params, PRNGKey
+from jmeta.inner._rules import meta_sgd, sgd
+from jmeta.models._functional import Model
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _check_steps(name: str, num_steps) -> None:
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"{name}: num_steps must be a positive int; got {num_steps!r}.")
+
+
+def gradient_learner(
+    model: Model,
+    rule: InnerRule,
+    num_steps: int,
+    *,
+    loss_fn: LossFn = mse_loss,
+    first_order: bool = False,
+    remat: bool = False,
+    adapt_filter: Callable[[str], bool] | None = None,
+    name: str = "gradient_learner",
+) -> MetaLearner:
+    """A learner that adapts by ``num_steps`` steps of ``rule`` and meta-learns by backprop.
+
+    Meta-parameters are ``{"model": initial params, "rule": learnable pieces of the rule}``. The
+    meta-gradient of one task is the gradient of its query loss after adaptation with respect to
+    both; ``first_order=True`` drops the second-derivative terms.
+
+    Args:
+      model: a functional :class:`jmeta.models.Model`.
+      rule: the inner update rule (:mod:`jmeta.inner`).
+      num_steps: inner steps during meta-training.
+      loss_fn: ``(outputs, targets) -> scalar``.
+      first_order: first-order meta-gradient (stop-gradient on the inner gradients).
+      remat: ``jax.checkpoint`` each inner step (memory flat in ``num_steps``).
+      adapt_filter: ``path -> bool`` choosing the parameters the inner loop adapts (paths look
+        like ``"head/kernel"``); ``None`` adapts all.
+    """
+    _check_steps(name, num_steps)
+
+    def mask_of(params):
+        return None if adapt_filter is None else mask_by_path(params, adapt_filter)
+
+    def init(key: PRNGKey) -> Params:
+        model_key, rule_key = jax.random.split(key)
+        params = model.init(model_key)
+        mask = mask_of(params)
+        if mask is not None and not any(jax.tree.leaves(mask)):
+            raise ValueError(
+                f"{name}: adapt_filter selects no parameter; parameter paths are "
+                f"{_paths(params)}."
+            )
+        adapted, _ = partition(params, mask)
+        return {"model": params, "rule": rule.init_meta(rule_key, adapted)}
+
+    def batch_loss(params: Params, batch: Batch) -> jax.Array:
+        return loss_fn(model.apply(params, batch.x), batch.y)
+
+    def adapt(meta, support, *, num_steps=num_steps, key=None, eval_fn=None, first_order=False):
+        del key
+        return inner_loop(
+            batch_loss,
+            rule,
+            meta["model"],
+            meta["rule"],
+            support,
+            num_steps,
+            first_order=first_order,
+            remat=remat,
+            mask=mask_of(meta["model"]),
+            eval_fn=eval_fn,
+        )
+
+    def task_loss(meta, episode: Episode, key):
+        params, trace = adapt(meta, episode.support, key=key, first_order=first_order)
+        loss = batch_loss(params, episode.query)
+        return loss, {"loss": loss, "support_loss_before": trace["support_loss"][0]}
+
+    def task_grad(meta, episode: Episode, key):
+        (_, metrics), grads = jax.value_and_grad(task_loss, has_aux=True)(meta, episode, key)
+        return grads, metrics
+
+    return MetaLearner(
+        init=init,
+        adapt=adapt,
+        predict=model.apply,
+        task_grad=task_grad,
+        family=model.family,
+        num_steps=num_steps,
+    )
+
+
+def _paths(params):
+    return [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def maml(
+    model: Model,
+    inner_lr: float = 0.01,
+    num_steps: int = 1,
+    *,
+    loss_fn: LossFn = mse_loss,
+    first_order: bool = False,
+    remat: bool = False,
+    rule: InnerRule | None = None,
+) -> MetaLearner:
+    """MAML (Finn et al. 2017): learn an initialisation that adapts in a few SGD steps.
+
+    ``rule`` replaces plain SGD by another inner rule (e.g. :func:`jmeta.inner.lslr`).
+
+    Example:
+      >>> import jax, optax
+      >>> from jmeta.core import init_state, make_meta_step
+      >>> from jmeta.data import sinusoid_sampler
+      >>> from jmeta.models import mlp
+      >>> learner = maml(mlp(), inner_lr=0.01, num_steps=1)
+      >>> tx = optax.adam(1e-3)
+      >>> step = make_meta_step(learner, tx, sampler=sinusoid_sampler(num_tasks=25, k_shot=10))
+      >>> state = init_state(learner, tx, jax.random.key(0))
+      >>> for _ in range(3):
+      ...     state, metrics = step(state)
+      >>> int(state.step)
+      3
+    """
+    return gradient_learner(
+        model,
+        rule if rule is not None else sgd(inner_lr),
+        num_steps,
+        loss_fn=loss_fn,
+        first_order=first_order,
+        remat=remat,
+        name="maml",
+    )
+
+
+def fomaml(model: Model, inner_lr: float = 0.01, num_steps: int = 1, **kwargs) -> MetaLearner:
+    """First-order MAML: MAML whose meta-gradient ignores second derivatives.
+
+    Example:
+      >>> from jmeta.models import mlp
+      >>> fomaml(mlp(), inner_lr=0.01, num_steps=5).num_steps
+      5
+    """
+    return maml(model, inner_lr, num_steps, first_order=True, **kwargs)
+
+
+def metasgd(
+    model: Model,
+    init_lr: float | tuple[float, float] = (0.005, 0.1),
+    num_steps: int = 1,
+    *,
+    loss_fn: LossFn = mse_loss,
+    first_order: bool = False,
+    remat: bool = False,
+) -> MetaLearner:
+    """Meta-SGD (Li et al. 2017): learn the initialisation and a step size per coordinate.
+
+    Example:
+      >>> import jax
+      >>> from jmeta.models import mlp
+      >>> meta = metasgd(mlp(), init_lr=0.01).init(jax.random.key(0))
+      >>> meta["rule"]["head"]["kernel"].shape == meta["model"]["head"]["kernel"].shape
+      True
+    """
+    return gradient_learner(
+        model,
+        meta_sgd(init_lr),
+        num_steps,
+        loss_fn=loss_fn,
+        first_order=first_order,
+        remat=remat,
+        name="metasgd",
+    )
+
+
+def anil(
+    model: Model,
+    inner_lr: float = 0.01,
+    num_steps: int = 1,
+    *,
+    head: str = "head",
+    loss_fn: LossFn = mse_loss,
+    first_order: bool = False,
+    remat: bool = False,
+    rule: InnerRule | None = None,
+) -> MetaLearner:
+    """ANIL (Raghu et al. 2020): MAML that adapts only the head in the inner loop.
+
+    ``head`` is the path prefix of the adapted parameters (``"head"`` for :func:`jmeta.models.mlp`).
+
+    Example:
+      >>> import jax
+      >>> from jmeta.models import mlp
+      >>> learner = anil(mlp(), inner_lr=0.01)
+      >>> meta = learner.init(jax.random.key(0))
+      >>> sorted(meta["model"]) == ['head', 'hidden_0', 'hidden_1']
+      True
+    """
+    prefix = head.rstrip("/") + "/"
+    return gradient_learner(
+        model,
+        rule if rule is not None else sgd(inner_lr),
+        num_steps,
+        loss_fn=loss_fn,
+        first_order=first_order,
+        remat=remat,
+        adapt_filter=lambda path: (path + "/").startswith(prefix),
+        name="anil",
+    )

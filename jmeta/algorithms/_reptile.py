@@ -1,0 +1,78 @@
+"""Reptile (Nichol et al. 2018): move the initialisation towards the adapted parameters."""
+
+from __future__ import annotations
+
+import jax
+
+from jmeta.algorithms._gradient import LossFn, _check_steps
+from jmeta.core._inner import InnerRule, inner_loop, mse_loss
+from jmeta.core._meta import MetaLearner
+from jmeta.core._types import Batch, Episode, Params, PRNGKey
+from jmeta.inner._rules import sgd
+from jmeta.models._functional import Model
+
+
+def reptile(
+    model: Model,
+    inner_lr: float = 0.01,
+    num_steps: int = 5,
+    *,
+    loss_fn: LossFn = mse_loss,
+    rule: InnerRule | None = None,
+) -> MetaLearner:
+    """Reptile: the meta-gradient of a task is ``meta_params - adapted_params``.
+
+    With ``optax.sgd(eps)`` as the outer optimizer the meta-step is exactly Reptile's
+    ``theta <- theta + eps * mean_i(phi_i - theta)``; any optax optimizer may be used instead.
+    The inner loop runs plain SGD at ``inner_lr`` unless ``rule`` is given (e.g.
+    ``jmeta.inner.from_optax(optax.adam(1e-3))`` as in the paper).
+
+    Example:
+      >>> import jax, optax
+      >>> from jmeta.core import init_state, make_meta_step
+      >>> from jmeta.data import sinusoid_sampler
+      >>> from jmeta.models import mlp
+      >>> learner = reptile(mlp(), inner_lr=0.02, num_steps=5)
+      >>> tx = optax.sgd(1.0)
+      >>> step = make_meta_step(learner, tx, sampler=sinusoid_sampler(num_tasks=5, k_shot=10))
+      >>> state, metrics = step(init_state(learner, tx, jax.random.key(0)))
+      >>> sorted(metrics)
+      ['grad_norm', 'loss', 'support_loss_before']
+    """
+    _check_steps("reptile", num_steps)
+    rule = rule if rule is not None else sgd(inner_lr)
+
+    def init(key: PRNGKey) -> Params:
+        model_key, rule_key = jax.random.split(key)
+        params = model.init(model_key)
+        return {"model": params, "rule": rule.init_meta(rule_key, params)}
+
+    def batch_loss(params: Params, batch: Batch) -> jax.Array:
+        return loss_fn(model.apply(params, batch.x), batch.y)
+
+    def adapt(meta, support, *, num_steps=num_steps, key=None, eval_fn=None, first_order=True):
+        del key, first_order
+        return inner_loop(
+            batch_loss, rule, meta["model"], meta["rule"], support, num_steps, eval_fn=eval_fn
+        )
+
+    def task_grad(meta, episode: Episode, key):
+        meta = jax.lax.stop_gradient(meta)
+        params, trace = adapt(meta, episode.support, key=key)
+        grads = {
+            "model": jax.tree.map(lambda m, p: m - p, meta["model"], params),
+            "rule": jax.tree.map(lambda r: 0.0 * r, meta["rule"]),
+        }
+        loss = batch_loss(params, episode.query)
+        return grads, {"loss": loss, "support_loss_before": trace["support_loss"][0]}
+
+    return MetaLearner(
+        init=init,
+        adapt=adapt,
+        predict=model.apply,
+        task_grad=task_grad,
+        family=model.family,
+        num_steps=num_steps,
+    )
+
+

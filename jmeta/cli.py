@@ -1,0 +1,61 @@
+"""The ``jmeta`` command: ``jmeta train CONFIG [key=value ...]`` and ``jmeta eval RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jmeta", description="Meta-learning in JAX.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="meta-train a config, then meta-test it")
+    t.add_argument("config", help="config file (configs/*.py or a run's config.json)")
+    t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. k_shot=5")
+    t.add_argument("--run-dir", help="run directory (default: runs/<config name>-<time>)")
+    t.add_argument("--no-eval", action="store_true", help="skip the meta-test after training")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="meta-test a run directory: mean and 95%% CI over new tasks")
+    e.add_argument("run_dir")
+    e.add_argument("--tasks", type=int, help="number of test tasks (default: the config's eval_tasks)")
+    e.add_argument("--steps", help="comma-separated inner-step counts, e.g. 1,10")
+    e.add_argument("--no-baseline", action="store_true", help="skip the pretrained baseline")
+    e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Import after parsing, so `jmeta --help` and usage errors answer without loading JAX.
+    from jmeta.train import ConfigError, evaluate, format_table, load_config, train
+
+    try:
+        if args.command == "train":
+            cfg = load_config(args.config, args.overrides)
+            run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            print(f"jmeta: training {cfg.algorithm} on {cfg.task} into {run_dir}", file=sys.stderr)
+            res = train(cfg, run_dir, progress=not args.no_progress)
+            print(
+                f"trained {res['steps']} steps in {res['train_s']:.1f} s "
+                f"({res['steps_per_sec']:.0f} steps/s, compile {res['compile_s']:.1f} s); "
+                f"final query loss {res['final_loss']:.4f}"
+            )
+            if not args.no_eval:
+                print(format_table(evaluate(run_dir)))
+        else:
+            steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
+            ev = evaluate(args.run_dir, num_tasks=args.tasks, steps=steps, baseline=not args.no_baseline)
+            print(json.dumps(ev, indent=2) if args.json else format_table(ev))
+    except (ConfigError, FileExistsError, FileNotFoundError) as err:
+        print(f"jmeta: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The meta-step: map one task's meta-gradient over the task axis, average, apply optax."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jmeta.core._types import (  # noqa: F401  (Batch is used in doctests)
+    Batch,
+    Episode,
+    MetaState,
+    Params,
+    PRNGKey,
+    PyTree,
+    TaskBatch,
+    num_tasks,
+)
+
+TASK_MAPS = ("vmap", "map", "unroll")
+
+# Measured defaults (docs/performance.md, benchmarks/task_map.py and FINDINGS of the project):
+#  * dense models (MLP) on CPU: vmap is fastest (sinusoid MAML, 5 inner steps, 25 tasks);
+#  * convolutional models on CPU: vmap makes every convolution a grouped convolution with one
+#    group per task, which XLA:CPU runs ~30x slower than a per-task loop, and an unrolled loop
+#    compiles for ~50 s at 32 tasks, so a chunked lax.map is the default there;
+#  * GPU/TPU: vmap is the fast path for every family (grouped convolutions are fast there).
+_DEFAULT_TASK_MAP = {
+    ("cpu", "dense"): "vmap",
+    ("cpu", "conv"): "map",
+}
+
+
+def default_task_map(family: str = "dense", backend: str | None = None) -> str:
+    """The task-mapping strategy to use for a model family on a backend.
+
+    Args:
+      family: ``"dense"`` (MLPs, transformers) or ``"conv"`` (convolutional backbones).
+      backend: ``"cpu"``, ``"gpu"``, ``"tpu"``; defaults to ``jax.default_backend()``.
+
+    Example:
+      >>> default_task_map("dense", "gpu")
+      'vmap'
+      >>> default_task_map("conv", "cpu")
+      'map'
+    """
+    backend = backend or jax.default_backend()
+    return _DEFAULT_TASK_MAP.get((backend, family), "vmap")
+
+
+def _check_task_map(strategy: str, chunk_size: int | None) -> None:
+    if strategy not in TASK_MAPS:
+        raise ValueError(
+            f"Unknown task_map {strategy!r}; choose one of {TASK_MAPS} (or 'auto' where accepted)."
+        )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
+
+
+def map_tasks(
+    fn: Callable[[Params, Episode, PRNGKey], PyTree],
+    params: Params,
+    batch: TaskBatch,
+    keys: PRNGKey,
+    *,
+    strategy: str = "vmap",
+    chunk_size: int | None = None,
+    reduce: str | None = "mean",
+) -> PyTree:
+    """THE place where a single-task function meets the task axis.
+
+    Computes ``fn(params, task_i, keys[i])`` for every task of ``batch`` and either averages the
+    results over tasks (``reduce="mean"``) or stacks them (``reduce=None``).
+
+    Strategies (same values, different speed and memory):
+      * ``"vmap"``: one vectorised program over all tasks;
+      * ``"map"``: a ``lax.scan`` over chunks of ``chunk_size`` tasks, each chunk vmapped; with
+        ``reduce="mean"`` it accumulates a running sum, so memory does not grow with the number
+        of tasks;
+      * ``"unroll"``: a Python loop, one copy of the program per task (fast for convolutions on
+        CPU, but compile time grows with the number of tasks).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> b = Batch(jnp.arange(4.0)[:, None], jnp.zeros((4, 1)))
+      >>> f = lambda p, ep, k: p * jnp.sum(ep.support.x)
+      >>> keys = jax.random.split(jax.random.key(0), 4)
+      >>> float(map_tasks(f, 2.0, Episode(b, b), keys, strategy="map", chunk_size=2))
+      3.0
+    """
+    _check_task_map(strategy, chunk_size)
+    if reduce not in ("mean", None):
+        raise ValueError(f"reduce must be 'mean' or None; got {reduce!r}.")
+    n = num_tasks(batch)
+    if keys.shape[0] != n:
+        raise ValueError(f"Got {keys.shape[0]} keys for {n} tasks; pass one key per task.")
+    per_task = jax.vmap(fn, in_axes=(None, 0, 0))
+
+    if strategy == "vmap":
+        out = per_task(params, batch, keys)
+        return jax.tree.map(lambda x: jnp.mean(x, axis=0), out) if reduce else out
+
+    if strategy == "unroll":
+        outs = [
+            fn(params, jax.tree.map(lambda x: x[i], batch), keys[i]) for i in range(n)
+        ]
+        if reduce:
+            return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]) / n, *outs)
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    chunk = chunk_size or 1
+    if n % chunk:
+        raise ValueError(
+            f"task_map='map' needs the number of tasks ({n}) to be a multiple of chunk_size "
+            f"({chunk}); change meta_batch_size or chunk_size."
+        )
+    chunked = jax.tree.map(lambda x: x.reshape((n // chunk, chunk) + x.shape[1:]), (batch, keys))
+    if reduce is None:
+        out = jax.lax.map(lambda xs: per_task(params, *xs), chunked)
+        return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), out)
+
+    out_shape = jax.eval_shape(per_task, params, *jax.tree.map(lambda x: x[0], chunked))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), out_shape)
+
+    def body(acc, xs):
+        out = per_task(params, *xs)
+        return jax.tree.map(lambda a, o: a + jnp.sum(o, axis=0), acc, out), None
+
+    total, _ = jax.lax.scan(body, zeros, chunked)
+    return jax.tree.map(lambda x: x / n, total)
+
+
+class MetaLearner(NamedTuple):
+    """A meta-learning algorithm as pure functions (see ``jmeta.algorithms`` for factories).
+
+    Attributes:
+      init: ``key -> meta_params``.
+      adapt: ``(meta_params, support, *, num_steps=None, key=None, eval_fn=None) ->
+        (task_params, trace)``: the inner loop for one task (``num_steps`` defaults to the
+        training value).
+      predict: ``(task_params, x) -> outputs``.
+      task_grad: ``(meta_params, episode, key) -> (meta_grad, metrics)`` for one task; the
+        meta-step averages it over tasks. For MAML it is the gradient of the query loss after
+        adaptation; for Reptile it is ``meta_params - adapted_params``.
+      family: model family (``"dense"`` or ``"conv"``), used to choose the task-mapping default.
+      num_steps: the number of inner steps used in training.
+    """
+
+    init: Callable[[PRNGKey], Params]
+    adapt: Callable[..., tuple[Params, dict]]
+    predict: Callable[[Params, jax.Array], jax.Array]
+    task_grad: Callable[[Params, Episode, PRNGKey], tuple[Params, dict]]
+    family: str
+    num_steps: int
+
+
+def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, key: PRNGKey) -> MetaState:
+    """Initial :class:`MetaState`: meta-parameters from ``learner.init`` and fresh optax state.
+
+    Example:
+      >>> import jax, optax
+      >>> from jmeta.algorithms import maml
+      >>> from jmeta.models import mlp
+      >>> learner = maml(mlp(1, 1, hidden=(8,)), inner_lr=0.01, num_steps=1)
+      >>> state = init_state(learner, optax.adam(1e-3), jax.random.key(0))
+      >>> int(state.step)
+      0
+    """
+    init_key, run_key = jax.random.split(key)
+    params = learner.init(init_key)
+    return MetaState(jnp.zeros((), jnp.int32), params, optimizer.init(params), run_key)
+
+
+def meta_step_fn(
+    learner: MetaLearner,
+    optimizer: optax.GradientTransformation,
+    *,
+    task_map: str = "auto",
+    chunk_size: int | None = None,
+) -> Callable[[MetaState, TaskBatch], tuple[MetaState, dict]]:
+    """The pure (un-jitted) meta-step ``(state, batch) -> (state, metrics)``.
+
+    Use :func:`make_meta_step` for the jitted, state-donating version.
+    """
+    strategy = default_task_map(learner.family) if task_map == "auto" else task_map
+    _check_task_map(strategy, chunk_size)
+
+    def step(state: MetaState, batch: TaskBatch) -> tuple[MetaState, dict]:
+        rng, task_key = jax.random.split(state.rng)
+        keys = jax.random.split(task_key, num_tasks(batch))
+        grads, metrics = map_tasks(
+            learner.task_grad, state.params, batch, keys, strategy=strategy, chunk_size=chunk_size
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        return MetaState(state.step + 1, params, opt_state, rng), metrics
+
+    return step
+
+
+def make_meta_step(
+    learner: MetaLearner,
+    optimizer: optax.GradientTransformation,
+    *,
+    task_map: str = "auto",
+    chunk_size: int | None = None,
+    sampler: Callable[[PRNGKey], TaskBatch] | None = None,
+    donate: bool = True,
+) -> Callable[..., tuple[MetaState, dict]]:
+    """One jitted meta-step that donates its input state.
+
+    Without ``sampler`` it is ``meta_step(state, batch) -> (state, metrics)``. With a pure
+    ``sampler(key) -> task batch`` (such as a sinusoid generator) the batch is drawn inside the
+    compiled step from a key derived from ``state.rng``, and the step is ``meta_step(state)``:
+    the host does no work per step.
+
+    Args:
+      learner: a :class:`MetaLearner` from ``jmeta.algorithms``.
+      optimizer: the outer optax optimizer.
+      task_map: ``"vmap"``, ``"map"``, ``"unroll"`` or ``"auto"`` (:func:`default_task_map`).
+      chunk_size: tasks per chunk for ``"map"``.
+      sampler: optional in-graph task sampler.
+      donate: donate the input state's buffers (do not reuse a state after passing it).
+
+    Example:
+      >>> import jax, optax
+      >>> from jmeta.algorithms import maml
+      >>> from jmeta.data import sinusoid_sampler
+      >>> from jmeta.models import mlp
+      >>> learner = maml(mlp(1, 1, hidden=(8,)), inner_lr=0.01, num_steps=1)
+      >>> tx = optax.adam(1e-3)
+      >>> step = make_meta_step(learner, tx, sampler=sinusoid_sampler(num_tasks=4, k_shot=5))
+      >>> state, metrics = step(init_state(learner, tx, jax.random.key(0)))
+      >>> int(state.step)
+      1
+    """
+    step = meta_step_fn(learner, optimizer, task_map=task_map, chunk_size=chunk_size)
+    donate_argnums = (0,) if donate else ()
+    if sampler is None:
+        return jax.jit(step, donate_argnums=donate_argnums)
+
+    def sampled_step(state: MetaState) -> tuple[MetaState, dict]:
+        # The episodes of step s are a function of (rng at step s) only: resumable and seeded.
+        batch = sampler(jax.random.fold_in(state.rng, 0x5A3))
+        return step(state, batch)
+
+    return jax.jit(sampled_step, donate_argnums=donate_argnums)
+
+
+def stack_episodes(episodes: list[Episode]) -> TaskBatch:
+    """Stacks single-task episodes into a task batch.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> b = Batch(jnp.zeros((5, 1)), jnp.zeros((5, 1)))
+      >>> stack_episodes([Episode(b, b)] * 3).support.x.shape
+      (3, 5, 1)
+    """
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *episodes)
+

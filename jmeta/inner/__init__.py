@@ -1,0 +1,7 @@
+"""Inner update rules, optax-shaped, with learnable pieces."""
+
+from jmeta.core._inner import InnerRule as InnerRule
+from jmeta.inner._rules import from_optax as from_optax
+from jmeta.inner._rules import lslr as lslr
+from jmeta.inner._rules import meta_sgd as meta_sgd
+from jmeta.inner._rules import sgd as sgd

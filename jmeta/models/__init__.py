@@ -1,0 +1,6 @@
+"""Models: Flax NNX modules used as pure functions of their parameters."""
+
+from jmeta.models._functional import Model as Model
+from jmeta.models._functional import from_nnx as from_nnx
+from jmeta.models._mlp import MLP as MLP
+from jmeta.models._mlp import mlp as mlp

@@ -1,0 +1,155 @@
+"""The meta-test protocol: adapt on many new tasks, report the mean and 95% CI of the query loss."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jmeta.algorithms._gradient import maml
+from jmeta.core._inner import mse_loss
+from jmeta.core._meta import MetaLearner, map_tasks
+from jmeta.core._types import Params, PRNGKey, TaskBatch, num_tasks
+from jmeta.models._functional import Model
+
+Z95 = 1.959963984540054
+
+
+def mean_ci95(values: Sequence[float]) -> dict:
+    """Mean and half-width of the normal 95% confidence interval of the mean.
+
+    Example:
+      >>> r = mean_ci95([1.0, 2.0, 3.0, 4.0])
+      >>> round(r["mean"], 3), round(r["ci95"], 3), r["n"]
+      (2.5, 1.265, 4)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size < 2:
+        raise ValueError(f"mean_ci95 needs at least 2 values in a 1-D array; got shape {v.shape}.")
+    std = float(v.std(ddof=1))
+    return {"mean": float(v.mean()), "ci95": Z95 * std / math.sqrt(v.size), "std": std, "n": int(v.size)}
+
+
+def adaptation_curves(
+    learner: MetaLearner,
+    meta_params: Params,
+    tasks: TaskBatch,
+    max_steps: int,
+    *,
+    loss_fn: Callable = mse_loss,
+    task_map: str = "vmap",
+    chunk_size: int | None = None,
+    key: PRNGKey | None = None,
+) -> np.ndarray:
+    """Query loss of every task after 0, 1, ..., ``max_steps`` inner steps: ``[T, max_steps+1]``.
+
+    One scan of ``max_steps`` steps per task; the query loss is evaluated after each step.
+
+    Example:
+      >>> import jax
+      >>> from jmeta.algorithms import maml
+      >>> from jmeta.data import sinusoid_tasks
+      >>> from jmeta.models import mlp
+      >>> learner = maml(mlp(hidden=(8,)), 0.01, 1)
+      >>> tasks = sinusoid_tasks(jax.random.key(0), 6, 5)
+      >>> adaptation_curves(learner, learner.init(jax.random.key(1)), tasks, 3).shape
+      (6, 4)
+    """
+    n = num_tasks(tasks)
+    keys = jax.random.split(key if key is not None else jax.random.key(0), n)
+
+    def per_task(meta, episode, k):
+        def query_loss(p):
+            return loss_fn(learner.predict(p, episode.query.x), episode.query.y)
+
+        _, trace = learner.adapt(meta, episode.support, num_steps=max_steps, key=k, eval_fn=query_loss)
+        return jnp.concatenate([query_loss(meta["model"])[None], trace["eval"]])
+
+    run = jax.jit(
+        lambda m, t, k: map_tasks(per_task, m, t, k, strategy=task_map, chunk_size=chunk_size, reduce=None)
+    )
+    return np.asarray(jax.device_get(run(meta_params, tasks, keys)))
+
+
+def train_pretrained(
+    model: Model,
+    optimizer: optax.GradientTransformation,
+    sampler: Callable[[PRNGKey], TaskBatch],
+    num_steps: int,
+    key: PRNGKey,
+    *,
+    loss_fn: Callable = mse_loss,
+    steps_per_call: int = 500,
+) -> Params:
+    """The "pretrained" baseline of the MAML paper: one network fit to all tasks jointly.
+
+    Every step draws a task batch from ``sampler`` and minimises the loss of a single network on
+    all of its support and query points (no adaptation).
+    """
+    init_key, data_key = jax.random.split(key)
+    params = model.init(init_key)
+    opt_state = optimizer.init(params)
+
+    def loss(p, batch):
+        x = jnp.concatenate([batch.support.x, batch.query.x], axis=1)
+        y = jnp.concatenate([batch.support.y, batch.query.y], axis=1)
+        return loss_fn(jax.vmap(lambda xi: model.apply(p, xi))(x), y)
+
+    def one(carry, step):
+        p, s = carry
+        g = jax.grad(loss)(p, sampler(jax.random.fold_in(data_key, step)))
+        updates, s = optimizer.update(g, s, p)
+        return (optax.apply_updates(p, updates), s), None
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def run(p, s, start, length):
+        (p, s), _ = jax.lax.scan(one, (p, s), start + jnp.arange(length))
+        return p, s
+
+    done = 0
+    while done < num_steps:
+        length = min(steps_per_call, num_steps - done)
+        params, opt_state = run(params, opt_state, done, length)
+        done += length
+    return params
+
+
+def finetune_curves(
+    model: Model,
+    params: Params,
+    tasks: TaskBatch,
+    max_steps: int,
+    lr: float,
+    *,
+    loss_fn: Callable = mse_loss,
+    task_map: str = "vmap",
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Query-loss curves of plain SGD fine-tuning from ``params`` at step size ``lr``."""
+    learner = maml(model, lr, max(max_steps, 1), loss_fn=loss_fn)
+    return adaptation_curves(
+        learner, {"model": params, "rule": ()}, tasks, max_steps, loss_fn=loss_fn,
+        task_map=task_map, chunk_size=chunk_size,
+    )
+
+
+def tune_finetune_lr(
+    model: Model,
+    params: Params,
+    val_tasks: TaskBatch,
+    max_steps: int,
+    lrs: Sequence[float],
+    steps: Sequence[int],
+    **kwargs,
+) -> dict[int, float]:
+    """For each step count in ``steps``, the step size in ``lrs`` with the lowest validation loss."""
+    means = np.stack(
+        [finetune_curves(model, params, val_tasks, max_steps, lr, **kwargs).mean(0) for lr in lrs]
+    )
+    means = np.where(np.isfinite(means), means, np.inf)
+    return {int(s): float(lrs[int(np.argmin(means[:, s]))]) for s in steps}
