@@ -18,7 +18,7 @@ def get_config():
         inner_lr=0.01,
         meta_batch_size=25,
         meta_lr=1e-3,
-        num_steps=20_000,
+        num_steps=40_000,
         log_every=500,
         eval_tasks=1000,
         eval_steps=(1, 10),

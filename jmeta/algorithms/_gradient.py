@@ -47,6 +47,15 @@ def gradient_learner(
       remat: ``jax.checkpoint`` each inner step (memory flat in ``num_steps``).
       adapt_filter: ``path -> bool`` choosing the parameters the inner loop adapts (paths look
         like ``"head/kernel"``); ``None`` adapts all.
+
+    Example (BOIL-style: adapt the body, freeze the head):
+      >>> import jax
+      >>> from jmeta.inner import sgd
+      >>> from jmeta.models import mlp
+      >>> learner = gradient_learner(mlp(), sgd(0.01), 1,
+      ...                            adapt_filter=lambda path: not path.startswith("head"))
+      >>> sorted(learner.init(jax.random.key(0))["model"])
+      ['head', 'hidden_0', 'hidden_1']
     """
     _check_steps(name, num_steps)
 

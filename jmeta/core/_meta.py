@@ -195,7 +195,7 @@ def meta_step_fn(
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         return MetaState(state.step + 1, params, opt_state, rng), metrics
 
     return step

@@ -23,16 +23,24 @@ Z95 = 1.959963984540054
 def mean_ci95(values: Sequence[float]) -> dict:
     """Mean and half-width of the normal 95% confidence interval of the mean.
 
+    Non-finite values (an inner loop that diverged on some tasks) are counted in ``nonfinite``
+    and make the mean and interval ``nan``: a divergence is reported, never averaged away.
+
     Example:
       >>> r = mean_ci95([1.0, 2.0, 3.0, 4.0])
-      >>> round(r["mean"], 3), round(r["ci95"], 3), r["n"]
-      (2.5, 1.265, 4)
+      >>> round(r["mean"], 3), round(r["ci95"], 3), r["n"], r["nonfinite"]
+      (2.5, 1.265, 4, 0)
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size < 2:
         raise ValueError(f"mean_ci95 needs at least 2 values in a 1-D array; got shape {v.shape}.")
+    nonfinite = int(np.sum(~np.isfinite(v)))
+    if nonfinite:
+        return {"mean": float("nan"), "ci95": float("nan"), "std": float("nan"), "n": int(v.size),
+                "nonfinite": nonfinite}
     std = float(v.std(ddof=1))
-    return {"mean": float(v.mean()), "ci95": Z95 * std / math.sqrt(v.size), "std": std, "n": int(v.size)}
+    return {"mean": float(v.mean()), "ci95": Z95 * std / math.sqrt(v.size), "std": std,
+            "n": int(v.size), "nonfinite": 0}
 
 
 def adaptation_curves(

@@ -237,6 +237,12 @@ def evaluate(
     return out
 
 
+def _cell(r: dict) -> str:
+    if r.get("nonfinite"):
+        return f"diverged on {r['nonfinite']}/{r['n']} tasks"
+    return f"{r['mean']:.3f} +- {r['ci95']:.3f}"
+
+
 def format_table(ev: dict) -> str:
     """A Markdown table of an ``eval.json``: one row per method, one column per step count."""
     steps = ev["steps"]
@@ -247,7 +253,7 @@ def format_table(ev: dict) -> str:
     cols = ["method"] + [f"{s} step{'s' if s != 1 else ''}" for s in steps]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for method, res in ev["results"].items():
-        cells = [f"{res[str(s)]['mean']:.3f} +- {res[str(s)]['ci95']:.3f}" for s in steps]
+        cells = [_cell(res[str(s)]) for s in steps]
         lines.append("| " + " | ".join([method] + cells) + " |")
     if ev.get("pretrained_lr"):
         lrs = ", ".join(f"{s} steps: {lr:g}" for s, lr in ev["pretrained_lr"].items())

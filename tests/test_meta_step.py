@@ -1,0 +1,119 @@
+"""The jitted meta-step: no retracing, determinism, donation, Reptile's formula, learning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jmeta.algorithms import maml, reptile
+from jmeta.core import MetaState, init_state, make_meta_step
+from jmeta.data import sinusoid_sampler, sinusoid_tasks
+from jmeta.inner import sgd
+
+
+def _run(learner, tx, seed, steps, sampler):
+    step = make_meta_step(learner, tx, sampler=sampler)
+    state = init_state(learner, tx, jax.random.key(seed))
+    for _ in range(steps):
+        state, _ = step(state)
+    return state
+
+
+def test_step_does_not_retrace_on_later_calls(small_model):
+    learner = maml(small_model, 0.01, 2)
+    tx = optax.adam(1e-3)
+    step = make_meta_step(learner, tx)
+    state = init_state(learner, tx, jax.random.key(0))
+    for i in range(3):
+        state, _ = step(state, sinusoid_tasks(jax.random.key(i), 4, 5))
+    assert step._cache_size() == 1
+
+
+def test_step_donates_its_input_state(small_model):
+    learner = maml(small_model, 0.01, 1)
+    tx = optax.adam(1e-3)
+    step = make_meta_step(learner, tx, sampler=sinusoid_sampler(2, 5))
+    state = init_state(learner, tx, jax.random.key(0))
+    new, _ = step(state)
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state.params))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(new.params))
+
+
+def test_same_seed_same_parameters_other_seed_other_parameters(small_model):
+    learner = maml(small_model, 0.01, 1)
+    tx = optax.adam(1e-2)
+    sampler = sinusoid_sampler(4, 5)
+    a = _run(learner, tx, 7, 5, sampler)
+    b = _run(learner, tx, 7, 5, sampler)
+    c = _run(learner, tx, 8, 5, sampler)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+    assert int(a.step) == 5
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+
+
+def test_sampler_step_equals_explicit_batch_step(small_model):
+    learner = maml(small_model, 0.01, 1)
+    tx = optax.sgd(0.1)
+    sampler = sinusoid_sampler(4, 5)
+    state = init_state(learner, tx, jax.random.key(0))
+    # The sampled step draws its batch from fold_in(state.rng, 0x5A3): reproduce it by hand.
+    batch = sampler(jax.random.fold_in(state.rng, 0x5A3))
+    s1, m1 = make_meta_step(learner, tx, donate=False)(state, batch)
+    s2, m2 = make_meta_step(learner, tx, sampler=sampler, donate=False)(state)
+    # Same values up to float rounding (XLA fuses the in-graph sampler differently).
+    for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(jax.random.key_data(s1.rng), jax.random.key_data(s2.rng))
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
+
+
+def test_reptile_update_equals_the_manual_formula(small_model, tasks):
+    inner_lr, k, eps = 0.02, 3, 0.5
+    learner = reptile(small_model, inner_lr, k)
+    tx = optax.sgd(eps)
+    state = init_state(learner, tx, jax.random.key(0))
+    theta = state.params["model"]
+    new, _ = make_meta_step(learner, tx, task_map="unroll", donate=False)(state, tasks)
+
+    def loss(p, x, y):
+        return jnp.mean((small_model.apply(p, x) - y) ** 2)
+
+    adapted = []
+    for i in range(4):
+        phi = theta
+        for _ in range(k):
+            g = jax.grad(loss)(phi, tasks.support.x[i], tasks.support.y[i])
+            phi = jax.tree.map(lambda a, b: a - inner_lr * b, phi, g)
+        adapted.append(phi)
+    mean_phi = jax.tree.map(lambda *xs: sum(xs) / 4, *adapted)
+    want = jax.tree.map(lambda t, m: t + eps * (m - t), theta, mean_phi)
+    for got, exp in zip(jax.tree.leaves(new.params["model"]), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
+
+
+def test_maml_lowers_the_post_adaptation_loss(small_model):
+    learner = maml(small_model, 0.01, 1)
+    tx = optax.adam(3e-3)
+    step = make_meta_step(learner, tx, sampler=sinusoid_sampler(10, 10))
+    state = init_state(learner, tx, jax.random.key(0))
+    losses = []
+    for _ in range(400):
+        state, m = step(state)
+        losses.append(m["loss"])
+    losses = np.asarray(jax.device_get(losses))
+    assert losses[-50:].mean() < 0.7 * losses[:50].mean(), (losses[:50].mean(), losses[-50:].mean())
+
+
+def test_metastate_is_a_pytree_with_four_fields(small_model):
+    learner = maml(small_model, 0.01, 1)
+    state = init_state(learner, optax.adam(1e-3), jax.random.key(0))
+    assert isinstance(state, MetaState)
+    assert state.step.dtype == jnp.int32
+    assert jax.tree.structure(state.params) == jax.tree.structure(learner.init(jax.random.key(1)))
+
+
+def test_inner_rule_learning_rates_must_be_positive():
+    with pytest.raises(ValueError, match="learning rate"):
+        sgd(-0.1)
