@@ -77,3 +77,13 @@ def test_existing_run_is_never_overwritten(run_dir, capsys):
 def test_eval_of_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
+    from jmeta.train import Config, NonFiniteLossError, train
+
+    cfg = Config(num_steps=40, log_every=20, meta_batch_size=4, hidden=(16, 16), inner_lr=1e6,
+                 baseline=False)
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
+        train(cfg, tmp_path / "nan", progress=False)
+    assert not (tmp_path / "nan" / "checkpoints").exists()

@@ -200,8 +200,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     A config file is Python defining ``get_config() -> dict`` (its docstring carries the paper,
     the reported numbers and the command), or a JSON object such as a run's ``config.json``.
 
-    Example:
-      >>> cfg = load_config("configs/sinusoid_demo.py", ["k_shot=5"])  # doctest: +SKIP
+    Example (from the repository root):
+      >>> load_config("configs/sinusoid_demo.py", ["k_shot=5"]).k_shot
+      5
     """
     path = Path(path)
     if not path.is_file():

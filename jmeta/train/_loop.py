@@ -86,9 +86,11 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> dict:
     ``log_every`` steps), ``checkpoints/meta`` (final meta-parameters), ``checkpoints/pretrained``
     (the baseline, if enabled) and ``results.json``.
 
-    Example:
-      >>> from jmeta.train import Config, train
-      >>> results = train(Config(num_steps=200, log_every=100), "/tmp/run")  # doctest: +SKIP
+    Example (a few seconds on a CPU)::
+
+        from jmeta.train import Config, evaluate, format_table, train
+        train(Config(num_steps=2000, log_every=500), "runs/quick")
+        print(format_table(evaluate("runs/quick")))
     """
     run_dir = Path(run_dir)
     _prepare_run_dir(run_dir)
@@ -122,7 +124,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> dict:
                     first = step - len(host) + 1 + (bad[0] if bad else 0)
                     raise NonFiniteLossError(
                         f"Non-finite meta-training loss at step {first} ({row}); lower meta_lr or "
-                        "inner_lr. Nothing was saved for this run."
+                        "inner_lr. No checkpoint was written for this run."
                     )
                 row.update(step=step, steps_per_sec=len(host) / (now - window_start), time=now - start)
                 log.write(json.dumps(row) + "\n")
