@@ -87,3 +87,10 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
         train(cfg, tmp_path / "nan", progress=False)
     assert not (tmp_path / "nan" / "checkpoints").exists()
+
+
+def test_eval_with_few_tasks_says_it_is_not_the_full_protocol(run_dir, capsys):
+    run, _ = run_dir
+    assert main(["eval", str(run), "--tasks", "50", "--no-baseline"]) == 0
+    out = capsys.readouterr().out
+    assert "50 new tasks" in out and "at least 600" in out and "pretrained" not in out.split("|---")[-1]

@@ -257,6 +257,8 @@ def format_table(ev: dict) -> str:
     for method, res in ev["results"].items():
         cells = [_cell(res[str(s)]) for s in steps]
         lines.append("| " + " | ".join([method] + cells) + " |")
+    if ev["num_tasks"] < 600:
+        lines.append(f"\nnote: {ev['num_tasks']} test tasks; the full protocol uses at least 600.")
     if ev.get("pretrained_lr"):
         lrs = ", ".join(f"{s} steps: {lr:g}" for s, lr in ev["pretrained_lr"].items())
         lines.append(f"\npretrained: SGD fine-tuning, step size tuned on validation tasks ({lrs})")
