@@ -48,6 +48,7 @@ results: $(STAMP)
 ## Speed: compile time and steady-state meta-steps per second of each task-mapping strategy.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/task_map.py
+	$(BIN)/python benchmarks/samplers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

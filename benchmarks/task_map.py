@@ -58,12 +58,12 @@ def run_one(spec: list, steps: int, reps: int) -> dict:
     from jmeta.core import init_state, make_meta_step
     from jmeta.data import sinusoid_sampler
     from jmeta.train import Config
-    from jmeta.train._build import build_learner
+    from jmeta.train._build import build_learner, build_task
 
     name, alg, inner, task_map, chunk, batch, k = spec
     cfg = Config(algorithm=alg, inner_steps=inner, k_shot=k, meta_batch_size=batch,
                  remat=name.endswith("remat"), meta_optimizer="adam")
-    learner = build_learner(cfg)
+    learner = build_learner(cfg, build_task(cfg))
     tx = optax.adam(1e-3)
     step = make_meta_step(learner, tx, task_map=task_map, chunk_size=chunk or None,
                           sampler=sinusoid_sampler(batch, k))

@@ -19,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", help="run directory (default: runs/<config name>-<time>)")
     t.add_argument("--no-eval", action="store_true", help="skip the meta-test after training")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--data-dir", help="dataset folder (default: $JMETA_DATA_DIR, else ~/.cache/jmeta/data)")
 
     e = sub.add_parser("eval", help="meta-test a run directory: mean and 95%% CI over new tasks")
     e.add_argument("run_dir")
@@ -26,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", help="comma-separated inner-step counts, e.g. 1,10")
     e.add_argument("--no-baseline", action="store_true", help="skip the pretrained baseline")
     e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
+    e.add_argument("--data-dir", help="dataset folder, if it moved since training")
+
+    d = sub.add_parser("data", help="download or verify a dataset's official archives")
+    d.add_argument("action", choices=("download", "verify"))
+    d.add_argument("name", help="omniglot, cifar100 (cifar_fs, fc100), miniimagenet, tieredimagenet")
+    d.add_argument("--data-dir", help="dataset folder (default: $JMETA_DATA_DIR, else ~/.cache/jmeta/data)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -34,9 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     # Import after parsing, so `jmeta --help` and usage errors answer without loading JAX.
     from jmeta.train import ConfigError, evaluate, format_table, load_config, train
 
+    if args.command == "data":
+        return _data(args)
     try:
         if args.command == "train":
-            cfg = load_config(args.config, args.overrides)
+            overrides = list(args.overrides)
+            if args.data_dir:
+                overrides.append(f"data_dir={str(Path(args.data_dir).expanduser().absolute())!r}")
+            cfg = load_config(args.config, overrides)
             run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
             print(f"jmeta: training {cfg.algorithm} on {cfg.task} into {run_dir}", file=sys.stderr)
             res = train(cfg, run_dir, progress=not args.no_progress)
@@ -49,9 +62,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_table(evaluate(run_dir)))
         else:
             steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
-            ev = evaluate(args.run_dir, num_tasks=args.tasks, steps=steps, baseline=not args.no_baseline)
+            ev = evaluate(args.run_dir, num_tasks=args.tasks, steps=steps, baseline=not args.no_baseline,
+                          data_dir=args.data_dir)
             print(json.dumps(ev, indent=2) if args.json else format_table(ev))
     except (ConfigError, FileExistsError, FileNotFoundError) as err:
+        print(f"jmeta: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _data(args) -> int:
+    from jmeta.data import DownloadError, download, verify
+
+    try:
+        if args.action == "download":
+            path = download(args.name, args.data_dir, progress=not args.no_progress)
+            print(f"{args.name}: ready in {path}")
+        for name, status in verify(args.name, args.data_dir).items():
+            print(f"{name}: {status}")
+    except (DownloadError, ValueError, FileNotFoundError) as err:
         print(f"jmeta: error: {err}", file=sys.stderr)
         return 2
     return 0

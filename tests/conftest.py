@@ -22,3 +22,27 @@ def tasks():
 def x64():
     with jax.enable_x64(True):
         yield
+
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def omniglot_root():
+    root = SHARED_DATA / "omniglot"
+    if not (root / "images_background.zip").exists():
+        pytest.skip(f"Omniglot not found at {root}: place the official archives there to run data tests")
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory):
+    """A writable cache shared by the session (the shared data folder may be read-only)."""
+    return tmp_path_factory.mktemp("jmeta-cache")
+
+
+@pytest.fixture(scope="session")
+def omniglot_train(omniglot_root, data_cache):
+    from jmeta.data import load_omniglot
+
+    return load_omniglot("train", root=omniglot_root, cache=data_cache)

@@ -27,7 +27,7 @@ def test_every_public_callable_has_a_docstring(module):
 def test_public_functions_show_an_example(module):
     missing = [
         name for name, obj in _public(module)
-        if inspect.isfunction(obj) and ">>>" not in (obj.__doc__ or "")
+        if inspect.isfunction(obj) and not any(m in (obj.__doc__ or "") for m in (">>>", "Example::"))
         and name not in ("meta_step_fn",)
     ]
     assert not missing, f"{module.__name__}: public functions without an example {missing}"

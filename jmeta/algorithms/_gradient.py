@@ -14,6 +14,15 @@ from jmeta.inner._rules import meta_sgd, sgd
 from jmeta.models._functional import Model
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+MetricFn = Callable[[jax.Array, jax.Array], dict]
+
+
+def query_metrics(model: Model, loss_fn: LossFn, metric_fn: MetricFn | None, params, query: Batch):
+    """Query loss and metrics of adapted parameters, from one forward pass."""
+    pred = model.apply(params, query.x)
+    loss = loss_fn(pred, query.y)
+    extra = metric_fn(pred, query.y) if metric_fn is not None else {}
+    return loss, dict(extra, loss=loss)
 
 
 def _check_steps(name: str, num_steps) -> None:
@@ -30,6 +39,7 @@ def gradient_learner(
     first_order: bool = False,
     remat: bool = False,
     adapt_filter: Callable[[str], bool] | None = None,
+    metric_fn: MetricFn | None = None,
     name: str = "gradient_learner",
 ) -> MetaLearner:
     """A learner that adapts by ``num_steps`` steps of ``rule`` and meta-learns by backprop.
@@ -47,6 +57,8 @@ def gradient_learner(
       remat: ``jax.checkpoint`` each inner step (memory flat in ``num_steps``).
       adapt_filter: ``path -> bool`` choosing the parameters the inner loop adapts (paths look
         like ``"head/kernel"``); ``None`` adapts all.
+      metric_fn: optional ``(outputs, targets) -> dict`` of extra query metrics (e.g. accuracy),
+        reported by ``task_grad`` beside the loss.
 
     Example (BOIL-style: adapt the body, freeze the head):
       >>> import jax
@@ -94,8 +106,8 @@ def gradient_learner(
 
     def task_loss(meta, episode: Episode, key):
         params, trace = adapt(meta, episode.support, key=key, first_order=first_order)
-        loss = batch_loss(params, episode.query)
-        return loss, {"loss": loss, "support_loss_before": trace["support_loss"][0]}
+        loss, metrics = query_metrics(model, loss_fn, metric_fn, params, episode.query)
+        return loss, dict(metrics, support_loss_before=trace["support_loss"][0])
 
     def task_grad(meta, episode: Episode, key):
         (_, metrics), grads = jax.value_and_grad(task_loss, has_aux=True)(meta, episode, key)
@@ -124,6 +136,7 @@ def maml(
     first_order: bool = False,
     remat: bool = False,
     rule: InnerRule | None = None,
+    metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
     """MAML (Finn et al. 2017): learn an initialisation that adapts in a few SGD steps.
 
@@ -150,6 +163,7 @@ def maml(
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
+        metric_fn=metric_fn,
         name="maml",
     )
 
@@ -173,6 +187,7 @@ def metasgd(
     loss_fn: LossFn = mse_loss,
     first_order: bool = False,
     remat: bool = False,
+    metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
     """Meta-SGD (Li et al. 2017): learn the initialisation and a step size per coordinate.
 
@@ -190,6 +205,7 @@ def metasgd(
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
+        metric_fn=metric_fn,
         name="metasgd",
     )
 
@@ -204,6 +220,7 @@ def anil(
     first_order: bool = False,
     remat: bool = False,
     rule: InnerRule | None = None,
+    metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
     """ANIL (Raghu et al. 2020): MAML that adapts only the head in the inner loop.
 
@@ -226,5 +243,6 @@ def anil(
         first_order=first_order,
         remat=remat,
         adapt_filter=lambda path: (path + "/").startswith(prefix),
+        metric_fn=metric_fn,
         name="anil",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from jmeta.algorithms._gradient import LossFn, _check_steps
+from jmeta.algorithms._gradient import LossFn, MetricFn, _check_steps, query_metrics
 from jmeta.core._inner import InnerRule, inner_loop, mse_loss
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
@@ -19,6 +19,7 @@ def reptile(
     *,
     loss_fn: LossFn = mse_loss,
     rule: InnerRule | None = None,
+    metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
     """Reptile: the meta-gradient of a task is ``meta_params - adapted_params``.
 
@@ -63,8 +64,8 @@ def reptile(
             "model": jax.tree.map(lambda m, p: m - p, meta["model"], params),
             "rule": jax.tree.map(lambda r: 0.0 * r, meta["rule"]),
         }
-        loss = batch_loss(params, episode.query)
-        return grads, {"loss": loss, "support_loss_before": trace["support_loss"][0]}
+        _, metrics = query_metrics(model, loss_fn, metric_fn, params, episode.query)
+        return grads, dict(metrics, support_loss_before=trace["support_loss"][0])
 
     return MetaLearner(
         init=init,

@@ -19,3 +19,5 @@ from jmeta.core._types import Episode as Episode
 from jmeta.core._types import MetaState as MetaState
 from jmeta.core._types import TaskBatch as TaskBatch
 from jmeta.core._types import num_tasks as num_tasks
+from jmeta.core._losses import accuracy as accuracy
+from jmeta.core._losses import cross_entropy_loss as cross_entropy_loss

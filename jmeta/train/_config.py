@@ -14,7 +14,10 @@ from jmeta.core._meta import TASK_MAPS
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile")
 INNER_RULES = ("default", "sgd", "lslr", "adam")
-TASKS = ("sinusoid",)
+CLASSIFICATION = ("omniglot", "miniimagenet", "cifar_fs", "fc100", "tieredimagenet")
+TASKS = ("sinusoid",) + CLASSIFICATION
+SAMPLERS = ("device", "host")
+OMNIGLOT_PROTOCOLS = ("vinyals", "maml")
 META_OPTIMIZERS = ("adam", "sgd")
 
 
@@ -37,9 +40,17 @@ class Config:
     task: str = "sinusoid"
     algorithm: str = "maml"
     inner_rule: str = "default"  # "default" = the algorithm's own (SGD; learned rates for metasgd)
-    k_shot: int = 10  # support points per task
-    k_query: int = 0  # query points per task in training; 0 = same as k_shot
+    k_shot: int = 10  # support points per task (shots per class for classification)
+    k_query: int = 0  # query points per task (per class); 0 = k_shot (sinusoid) or 15 (classes)
+    ways: int = 5  # classes per episode (classification)
     hidden: tuple = (40, 40)
+    # Few-shot datasets (classification tasks).
+    data_dir: str = ""  # source archives: "" = $JMETA_DATA_DIR or ~/.cache/jmeta/data
+    cache_dir: str = ""  # converted arrays: "" = $JMETA_CACHE_DIR or ~/.cache/jmeta/cache
+    sampler: str = "device"  # "device": dataset on the device; "host": NumPy + prefetch
+    image_size: int = 0  # 0 = the dataset's standard size (28 Omniglot, 84 miniImageNet)
+    omniglot_protocol: str = "vinyals"  # "vinyals" (rotations are classes) or "maml"
+    augment_rotations: bool = False  # random quarter turn per class and episode (MAML's Omniglot)
     # Inner loop.
     inner_steps: int = 1
     inner_lr: float = 0.01
@@ -62,7 +73,8 @@ class Config:
     # Meta-test protocol.
     eval_tasks: int = 1000
     eval_steps: tuple = (1, 10)
-    eval_k_query: int = 100  # query points per test task (the MSE is unbiased for any count)
+    eval_k_query: int = 0  # query points per test task; 0 = 100 (sinusoid) or k_query (classes)
+    eval_split: str = "test"
     val_tasks: int = 200  # tasks (disjoint stream) on which the baseline's step size is tuned
 
     def replace(self, **changes: Any) -> "Config":
@@ -126,16 +138,19 @@ def validate(cfg: Config) -> Config:
     _choice("inner_rule", cfg.inner_rule, INNER_RULES)
     _choice("meta_optimizer", cfg.meta_optimizer, META_OPTIMIZERS)
     _choice("task_map", cfg.task_map, TASK_MAPS + ("auto",))
+    _choice("sampler", cfg.sampler, SAMPLERS)
+    _choice("omniglot_protocol", cfg.omniglot_protocol, OMNIGLOT_PROTOCOLS)
+    _choice("eval_split", cfg.eval_split, ("train", "val", "test"))
     if cfg.algorithm == "metasgd" and cfg.inner_rule != "default":
         raise ConfigError("metasgd learns its own per-coordinate rates: leave inner_rule='default'.")
     if cfg.algorithm == "reptile" and cfg.inner_rule == "lslr":
         raise ConfigError("reptile has no meta-gradient for learned rates: use inner_rule sgd or adam.")
-    positive = ("k_shot", "inner_steps", "num_steps", "meta_batch_size", "log_every", "eval_tasks",
-                "eval_k_query", "val_tasks")
+    positive = ("k_shot", "ways", "inner_steps", "num_steps", "meta_batch_size", "log_every",
+                "eval_tasks", "val_tasks")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1; got {getattr(cfg, key)}.")
-    for key in ("k_query", "chunk_size", "baseline_steps", "seed"):
+    for key in ("k_query", "eval_k_query", "chunk_size", "baseline_steps", "seed", "image_size"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0; got {getattr(cfg, key)}.")
     for key in ("inner_lr", "meta_lr"):

@@ -1,0 +1,51 @@
+"""`jmeta data` and training on a few-shot dataset from the command line."""
+
+import json
+
+import pytest
+
+from jmeta.cli import main
+from tests.conftest import SHARED_DATA
+
+
+def test_data_verify_on_the_real_archives(omniglot_root, capsys):
+    assert main(["data", "verify", "omniglot", "--data-dir", str(SHARED_DATA)]) == 0
+    out = capsys.readouterr().out
+    assert "images_background.zip: ok" in out and "images_evaluation.zip: ok" in out
+
+
+def test_data_errors_say_how_to_place_files_by_hand(tmp_path, capsys):
+    assert main(["data", "verify", "omniglot", "--data-dir", str(tmp_path)]) == 2
+    assert "images_background.zip" in capsys.readouterr().err
+    assert main(["data", "download", "miniimagenet", "--data-dir", str(tmp_path)]) == 2
+    assert "train.csv" in capsys.readouterr().err
+    assert main(["data", "verify", "imagenet21k"]) == 2
+    assert "imagenet21k" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sampler", ["device", "host"])
+def test_train_and_eval_on_omniglot(omniglot_root, data_cache, tmp_path, capsys, sampler):
+    run = tmp_path / f"omniglot-{sampler}"
+    args = ["train", "configs/omniglot_maml_mlp.py", "num_steps=30", "log_every=10", "meta_batch_size=4",
+            "hidden=(32,)", "eval_tasks=100", f"sampler={sampler!r}", f"cache_dir={str(data_cache)!r}",
+            "--data-dir", str(SHARED_DATA), "--run-dir", str(run), "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "omniglot 5-way 1-shot, test classes: query accuracy (%)" in out
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["split"] == "test" and ev["ways"] == 5 and ev["num_tasks"] == 100
+    r = ev["results"]["maml"]
+    assert 10 < r["0"]["mean"] < 30  # before adapting: chance is 20%
+    assert r["1"]["mean"] > r["0"]["mean"] + 10  # one inner step already helps
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data_dir"] == str(SHARED_DATA.absolute())
+
+
+def test_impossible_episode_is_a_clear_error_before_compiling(omniglot_root, data_cache, tmp_path, capsys):
+    run = tmp_path / "never"
+    args = ["train", "configs/omniglot_maml_mlp.py", "k_shot=15", "k_query=15",
+            f"cache_dir={str(data_cache)!r}", "--data-dir", str(SHARED_DATA), "--run-dir", str(run)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "30 examples per class" in err and "has 20" in err
+    assert not run.exists()
