@@ -66,6 +66,7 @@ def cached_arrays(
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **stored)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache may be shared by users
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
