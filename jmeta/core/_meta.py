@@ -209,6 +209,7 @@ def make_meta_step(
     chunk_size: int | None = None,
     sampler: Callable[[PRNGKey], TaskBatch] | None = None,
     donate: bool = True,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable[..., tuple[MetaState, dict]]:
     """One jitted meta-step that donates its input state.
 
@@ -224,6 +225,10 @@ def make_meta_step(
       chunk_size: tasks per chunk for ``"map"``.
       sampler: optional in-graph task sampler.
       donate: donate the input state's buffers (do not reuse a state after passing it).
+      batch_sharding: optional sharding of the task batch (e.g. ``NamedSharding(mesh,
+        P("data"))``), imposed inside the step with ``with_sharding_constraint`` so that
+        in-graph samplers produce a task axis split over the devices; XLA then computes the
+        per-task work where the tasks live and the mean of the meta-gradient across devices.
 
     Example:
       >>> import jax, optax
@@ -237,8 +242,14 @@ def make_meta_step(
       >>> int(state.step)
       1
     """
-    step = meta_step_fn(learner, optimizer, task_map=task_map, chunk_size=chunk_size)
+    inner = meta_step_fn(learner, optimizer, task_map=task_map, chunk_size=chunk_size)
     donate_argnums = (0,) if donate else ()
+
+    def step(state: MetaState, batch: TaskBatch) -> tuple[MetaState, dict]:
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        return inner(state, batch)
+
     if sampler is None:
         return jax.jit(step, donate_argnums=donate_argnums)
 
