@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
             print(f"jmeta: training {cfg.algorithm} on {cfg.task} into {run_dir}", file=sys.stderr)
             res = train(cfg, run_dir, progress=not args.no_progress)
+            if res.get("preempted"):
+                return 0
+            if res.get("already_complete"):
+                print(f"{run_dir} already holds the finished run ({res['steps']} steps); nothing "
+                      "was changed. `jmeta eval` meta-tests it again.", file=sys.stderr)
+                return 0
             print(
                 f"trained {res['steps']} steps in {res['train_s']:.1f} s "
                 f"({res['steps_per_sec']:.0f} steps/s, compile {res['compile_s']:.1f} s); "
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             ev = evaluate(args.run_dir, num_tasks=args.tasks, steps=steps, baseline=not args.no_baseline,
                           data_dir=args.data_dir)
             print(json.dumps(ev, indent=2) if args.json else format_table(ev))
-    except (ConfigError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError) as err:
         print(f"jmeta: error: {err}", file=sys.stderr)
         return 2
     return 0

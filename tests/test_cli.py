@@ -69,8 +69,12 @@ def test_bad_key_is_a_clear_error_before_any_work(tmp_path, capsys):
 def test_existing_run_is_never_overwritten(run_dir, capsys):
     run, _ = run_dir
     before = (run / "metrics.jsonl").read_text()
-    assert main(["train", str(ROOT / "configs/sinusoid_demo.py"), *TINY, "--run-dir", str(run)]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", str(ROOT / "configs/sinusoid_demo.py"), *TINY, "--run-dir", str(run)]) == 0
+    assert "already holds the finished run" in capsys.readouterr().err
+    assert main(["train", str(ROOT / "configs/sinusoid_demo.py"), *TINY, "inner_lr=0.02",
+                 "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "inner_lr: run has 0.01, requested 0.02" in err
     assert (run / "metrics.jsonl").read_text() == before
 
 
@@ -86,7 +90,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
                  baseline=False)
     with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
         train(cfg, tmp_path / "nan", progress=False)
-    assert not (tmp_path / "nan" / "checkpoints").exists()
+    assert not list((tmp_path / "nan" / "checkpoints" / "steps").glob("[0-9]*"))
 
 
 def test_eval_with_few_tasks_says_it_is_not_the_full_protocol(run_dir, capsys):

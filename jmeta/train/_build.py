@@ -28,7 +28,7 @@ from jmeta.train._config import CLASSIFICATION, Config, ConfigError
 EVAL_CHUNK = 50  # test tasks gathered at a time (bounds memory for large episodes)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Task:
     """What a config trains on: the model's input/output sizes, loss, metric and samplers."""
 

@@ -29,3 +29,130 @@ def restore_tree(directory: str | Path, abstract: PyTree) -> PyTree:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(directory, abstract)
+
+
+STEPS_DIR = "steps"
+
+
+def _saveable(state) -> dict:
+    """A MetaState as a plain dict (the typed PRNG key as its raw uint32 data)."""
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+            "rng": jax.random.key_data(state.rng)}
+
+
+def _restore_state(tree: dict):
+    from jmeta.core._types import MetaState
+
+    return MetaState(tree["step"], tree["params"], tree["opt_state"], jax.random.wrap_key_data(tree["rng"]))
+
+
+class RunCheckpoints:
+    """Checkpoints of a training run: Orbax ``CheckpointManager``, asynchronous saves, the last
+    ``keep`` steps plus the best by validation score (higher is better), atomic.
+
+    A save copies the state to the host before returning, then writes in the background; Orbax
+    writes each step into a temporary folder renamed into place when complete, so a process
+    killed mid-save leaves no step that a later run would trust. :meth:`restore_latest` falls
+    back to the previous step, with a warning, when the newest cannot be read.
+
+    Example::
+
+        ckpts = RunCheckpoints("runs/x/checkpoints/steps", keep=3)
+        ckpts.save(100, state, val_score=0.93)
+        state, meta = ckpts.restore_latest(state_like)   # (None, None) when there is none
+    """
+
+    def __init__(self, directory: str | Path, *, keep: int = 3, asynchronous: bool = True):
+        cm = ocp.checkpoint_managers
+        policy = cm.AnyPreservationPolicy([
+            cm.LatestN(keep),
+            cm.BestN(get_metric_fn=lambda m: m["val_score"], n=1, keep_checkpoints_without_metrics=False),
+        ])
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy, enable_async_checkpointing=asynchronous,
+            best_fn=lambda m: m["val_score"], best_mode="max",
+        )
+        # The manager reads every step's metadata when it starts: a step whose metadata cannot be
+        # read (a torn write, a damaged disk) is moved aside with a warning, never trusted.
+        for _ in range(len(self._step_dirs()) + 1):
+            try:
+                self.manager = ocp.CheckpointManager(self.directory, options=options)
+                break
+            except Exception as err:  # noqa: BLE001
+                bad = self._unreadable_step() or max(self._step_dirs(), default=None)
+                if bad is None:
+                    raise
+                self._quarantine(bad, err)
+
+    def _step_dirs(self) -> list[int]:
+        if not self.directory.exists():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def _unreadable_step(self) -> int | None:
+        import json
+
+        for step in reversed(self._step_dirs()):
+            for f in (self.directory / str(step)).rglob("*"):
+                jsonish = f.name in ("_CHECKPOINT_METADATA", "_METADATA") or f.suffix == ".json" or (
+                    f.parent.name in ("meta", "metrics") and f.name == "metadata")
+                if f.is_file() and jsonish:
+                    try:
+                        json.loads(f.read_text())
+                    except (ValueError, UnicodeDecodeError):
+                        return step
+        return None
+
+    def _quarantine(self, step: int, err: BaseException) -> None:
+        import warnings
+
+        aside = self.directory / f"corrupt-{step}"
+        warnings.warn(
+            f"Checkpoint at step {step} in {self.directory} cannot be restored "
+            f"({type(err).__name__}: {str(err)[:200]}); moved it to {aside.name} and "
+            "falling back to the previous checkpoint.", stacklevel=3,
+        )
+        (self.directory / str(step)).rename(aside)
+
+    def save(self, step: int, state, *, val_score: float | None = None, meta: dict | None = None) -> None:
+        metrics = {"val_score": float(val_score)} if val_score is not None else None
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(_saveable(state)),
+                                    meta=ocp.args.JsonSave(dict(meta or {}, step=step))),
+            metrics=metrics,
+            force=True,
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def restore_latest(self, state_like):
+        """The newest readable checkpoint as ``(MetaState, meta)``, or ``(None, None)``.
+
+        ``state_like`` gives the structure (e.g. ``jax.eval_shape`` of the initial state). A
+        checkpoint that fails to restore is moved aside (renamed ``corrupt-<step>``, kept for
+        inspection) with a warning, and the previous one is tried.
+        """
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _saveable(state_like))
+        for step in reversed(self.steps()):
+            try:
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                  meta=ocp.args.JsonRestore()))
+                return _restore_state(restored.state), dict(restored.meta)
+            except Exception as err:  # noqa: BLE001 - any unreadable checkpoint falls back
+                self._quarantine(step, err)
+                self.manager.reload()
+        return None, None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

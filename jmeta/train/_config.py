@@ -66,6 +66,10 @@ class Config:
     chunk_size: int = 0  # tasks per chunk for task_map="map"; 0 = all tasks in one chunk
     seed: int = 0
     log_every: int = 1000
+    # Checkpoints: every save_every steps (and at the end), keep the last keep_checkpoints and
+    # the best by validation score; `jmeta train` on an existing run directory resumes.
+    save_every: int = 1000
+    keep_checkpoints: int = 3
     # Pretrained baseline: one network trained on all tasks jointly, fine-tuned at test time.
     baseline: bool = True
     baseline_steps: int = 0  # 0 = same as num_steps
@@ -146,6 +150,7 @@ def validate(cfg: Config) -> Config:
     if cfg.algorithm == "reptile" and cfg.inner_rule == "lslr":
         raise ConfigError("reptile has no meta-gradient for learned rates: use inner_rule sgd or adam.")
     positive = ("k_shot", "ways", "inner_steps", "num_steps", "meta_batch_size", "log_every",
+                "save_every", "keep_checkpoints",
                 "eval_tasks", "val_tasks")
     for key in positive:
         if getattr(cfg, key) < 1:
@@ -173,6 +178,20 @@ def validate(cfg: Config) -> Config:
             f"({cfg.chunk_size}) for task_map='map'."
         )
     return cfg
+
+
+# Fields a resumed run may change: they do not alter the trajectory of meta-training.
+RESUMABLE = frozenset({
+    "name", "num_steps", "log_every", "save_every", "keep_checkpoints", "eval_tasks", "eval_steps",
+    "eval_k_query", "eval_split", "val_tasks", "data_dir", "cache_dir", "baseline", "baseline_steps",
+    "baseline_lrs",
+})
+
+
+def incompatible_fields(saved: Config, requested: Config) -> dict:
+    """``{field: (saved, requested)}`` for every difference that a resumed run cannot accept."""
+    a, b = saved.to_dict(), requested.to_dict()
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in RESUMABLE}
 
 
 def parse_overrides(items: Sequence[str]) -> dict:

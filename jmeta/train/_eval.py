@@ -70,6 +70,13 @@ def adaptation_curves(
     """
     n = num_tasks(tasks)
     keys = jax.random.split(key if key is not None else jax.random.key(0), n)
+    run = _curves_fn(learner, max_steps, loss_fn, task_map, chunk_size)
+    return np.asarray(jax.device_get(run(meta_params, tasks, keys)))
+
+
+@functools.lru_cache(maxsize=64)
+def _curves_fn(learner: MetaLearner, max_steps: int, loss_fn: Callable, task_map: str, chunk_size):
+    """One compiled curve function per (learner, steps, metric, mapping): reused across calls."""
 
     def per_task(meta, episode, k):
         def query_loss(p):
@@ -78,10 +85,9 @@ def adaptation_curves(
         _, trace = learner.adapt(meta, episode.support, num_steps=max_steps, key=k, eval_fn=query_loss)
         return jnp.concatenate([query_loss(meta["model"])[None], trace["eval"]])
 
-    run = jax.jit(
+    return jax.jit(
         lambda m, t, k: map_tasks(per_task, m, t, k, strategy=task_map, chunk_size=chunk_size, reduce=None)
     )
-    return np.asarray(jax.device_get(run(meta_params, tasks, keys)))
 
 
 def train_pretrained(
@@ -139,11 +145,16 @@ def finetune_curves(
     chunk_size: int | None = None,
 ) -> np.ndarray:
     """Query-loss curves of plain SGD fine-tuning from ``params`` at step size ``lr``."""
-    learner = maml(model, lr, max(max_steps, 1), loss_fn=loss_fn)
+    learner = _sgd_learner(model, lr, max(max_steps, 1), loss_fn)
     return adaptation_curves(
         learner, {"model": params, "rule": ()}, tasks, max_steps, loss_fn=loss_fn,
         task_map=task_map, chunk_size=chunk_size,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _sgd_learner(model: Model, lr: float, steps: int, loss_fn: Callable) -> MetaLearner:
+    return maml(model, lr, steps, loss_fn=loss_fn)
 
 
 def tune_finetune_lr(

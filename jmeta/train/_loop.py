@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
+import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
 from jmeta.core._meta import default_task_map, init_state, make_meta_step
+from jmeta.core._types import MetaState
 from jmeta.train._build import Task, build_learner, build_optimizer, build_task, eval_queries
-from jmeta.train._checkpoint import restore_tree, save_tree
-from jmeta.train._config import Config, ConfigError, load_config
+from jmeta.train._checkpoint import STEPS_DIR, RunCheckpoints, restore_tree, save_tree
+from jmeta.train._config import Config, ConfigError, incompatible_fields, load_config
 from jmeta.train._eval import (
     adaptation_curves,
     finetune_curves,
@@ -70,36 +77,89 @@ def _seed_key(cfg: Config, stream: int = 0):
     return key if stream == 0 else jax.random.fold_in(key, stream)
 
 
-def _prepare_run_dir(run_dir: Path) -> None:
-    if (run_dir / CONFIG_FILE).exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run ({CONFIG_FILE} exists); nothing was changed. "
-            "Choose another --run-dir, or delete that directory to start over."
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _check_finite(window: list, step: int) -> list:
+    """Host copies of the window's metrics; raises naming the first step with a non-finite loss."""
+    host = jax.device_get(window)
+    for i, m in enumerate(host):
+        if not all(np.isfinite(float(v)) for v in m.values()):
+            first = step - len(host) + 1 + i
+            raise NonFiniteLossError(
+                f"Non-finite meta-training metrics at step {first} "
+                f"({ {k: float(v) for k, v in m.items()} }); lower meta_lr or inner_lr. The last "
+                "good checkpoint is kept and was not overwritten."
+            )
+    return host
 
 
 def _log_row(window: list, step: int, window_start: float, start: float) -> dict:
-    host = jax.device_get(window)
+    host = _check_finite(window, step)
     now = time.perf_counter()
     row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-    if not all(np.isfinite(v) for v in row.values()):
-        bad = [i for i, m in enumerate(host) if not np.isfinite(float(m["loss"]))]
-        first = step - len(host) + 1 + (bad[0] if bad else 0)
-        raise NonFiniteLossError(
-            f"Non-finite meta-training loss at step {first} ({row}); lower meta_lr or "
-            "inner_lr. No checkpoint was written for this run."
-        )
     row.update(step=step, steps_per_sec=len(host) / (now - window_start), time=now - start)
     return row
 
 
-def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> dict:
+class _Preemption:
+    """Turns SIGTERM into a flag the training loop checks after every step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drops metric rows logged after the checkpoint a run resumes from (atomically)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line)["step"] <= last_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def validation_score(task: Task, learner, params, cfg: Config, task_map: str) -> float:
+    """Higher is better: query accuracy (%) on the val split's classes, or minus the query MSE on
+    a disjoint stream of sinusoid tasks, after the training number of inner steps."""
+    split = "val" if task.classification else cfg.eval_split
+    curves = _curves(task, learner, params, _seed_key(cfg, _VAL_STREAM), cfg.val_tasks,
+                     cfg.inner_steps, split, task_map)
+    value = float(np.mean(curves[:, cfg.inner_steps]))
+    return value if task.classification else -value
+
+
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    step_hook: Callable[[int, MetaState], MetaState] | None = None,
+) -> dict:
     """Meta-trains ``cfg`` into ``run_dir`` and returns the final results.
 
     Writes ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object per
-    ``log_every`` steps), ``checkpoints/meta`` (final meta-parameters), ``checkpoints/pretrained``
-    (the baseline, if enabled) and ``results.json``.
+    ``log_every`` steps), ``checkpoints/steps`` (Orbax: every ``save_every`` steps, the last
+    ``keep_checkpoints`` and the best by validation score), ``checkpoints/meta`` (final
+    meta-parameters), ``checkpoints/pretrained`` (the sinusoid baseline) and ``results.json``.
+
+    On a directory that already holds a run, it resumes from the newest readable checkpoint and
+    continues exactly as if it had never stopped (same episodes, RNG and optimizer state); a
+    config that differs in a field that changes the trajectory is a :class:`ConfigError` naming
+    the fields. SIGTERM saves a checkpoint and returns with ``results["preempted"] = True``. A
+    non-finite loss raises :class:`NonFiniteLossError` and leaves the last good checkpoint.
+    ``step_hook(step, state) -> state`` (optional) sees the state after every step.
 
     Example (a few seconds on a CPU)::
 
@@ -108,11 +168,24 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> dict:
         print(format_table(evaluate("runs/quick")))
     """
     run_dir = Path(run_dir)
-    if (run_dir / CONFIG_FILE).exists():
-        _prepare_run_dir(run_dir)  # raises before any loading or compiling
+    resuming = (run_dir / CONFIG_FILE).exists()
+    if resuming:
+        saved = load_run_config(run_dir)
+        diff = incompatible_fields(saved, cfg)
+        if diff:
+            fields = "; ".join(f"{k}: run has {a!r}, requested {b!r}" for k, (a, b) in diff.items())
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config ({fields}). Nothing was changed; "
+                "use the run's own config.json, or another --run-dir."
+            )
+        if (run_dir / RESULTS_FILE).exists():
+            done = json.loads((run_dir / RESULTS_FILE).read_text())
+            if done.get("steps") == cfg.num_steps:
+                return dict(done, already_complete=True)
     task = build_task(cfg)  # loads data and checks the episodes: errors before compiling
-    _prepare_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
     learner = build_learner(cfg, task)
     optimizer = build_optimizer(cfg)
@@ -122,37 +195,76 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> dict:
         sampler=task.train_sampler,
     )
     state = init_state(learner, optimizer, _seed_key(cfg))
+    ckpts = RunCheckpoints(run_dir / "checkpoints" / STEPS_DIR, keep=cfg.keep_checkpoints)
+    start_step = 0
+    history = []
+    if resuming:
+        restored, meta = ckpts.restore_latest(state)
+        if restored is not None:
+            state, start_step = restored, int(restored.step)
+            history = list(meta.get("resumed_from", []))
+            print(f"jmeta: resuming {run_dir} from step {start_step}", file=sys.stderr)
+    _truncate_metrics(run_dir / METRICS_FILE, start_step)
+    if start_step:
+        history.append(start_step)
 
-    batches = task.host_sampler.iterate(0) if task.host_sampler else None
+    batches = task.host_sampler.iterate(start_step) if task.host_sampler else None
     args = (next(batches),) if batches else ()
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, *args).compile()
     compile_s = time.perf_counter() - t0
 
+    def save(step, window):
+        _check_finite(window, step)  # never checkpoint a non-finite state
+        score = validation_score(task, learner, state.params, cfg, task_map)
+        ckpts.save(step, state, val_score=score, meta={"resumed_from": history})
+        return score
+
     start = time.perf_counter()
     window, window_start = [], time.perf_counter()
-    bar = tqdm(total=cfg.num_steps, disable=not progress, unit="step", dynamic_ncols=True, mininterval=0.5)
+    preempted = False
+    bar = tqdm(total=cfg.num_steps, initial=start_step, disable=not progress, unit="step",
+               dynamic_ncols=True, mininterval=0.5)
     try:
-        with open(run_dir / METRICS_FILE, "w") as log:
-            for step in range(1, cfg.num_steps + 1):
+        with open(run_dir / METRICS_FILE, "a") as log, _Preemption() as preemption:
+            for step in range(start_step + 1, cfg.num_steps + 1):
                 if batches:
-                    args = (args[0] if step == 1 else next(batches),)
+                    args = (args[0] if step == start_step + 1 else next(batches),)
                 state, metrics = compiled(state, *args)
+                if step_hook is not None:
+                    state = step_hook(step, state)
                 window.append(metrics)
-                if step % cfg.log_every == 0 or step == cfg.num_steps:
+                last = step == cfg.num_steps
+                if step % cfg.save_every == 0 or last or preemption.requested:
+                    row_score = save(step, window)
+                if step % cfg.log_every == 0 or last or preemption.requested:
                     row = _log_row(window, step, window_start, start)
+                    if step % cfg.save_every == 0 or last or preemption.requested:
+                        row["val_score"] = row_score
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                     bar.update(len(window))
                     window, window_start = [], time.perf_counter()
+                if preemption.requested:
+                    preempted = True
+                    break
     finally:
         if batches:
             batches.close()
+        ckpts.close()
+        bar.close()
     jax.block_until_ready(state)
     train_s = time.perf_counter() - start
-    bar.close()
-    save_tree(run_dir / "checkpoints" / "meta", state.params)
+    if preempted:
+        print(f"jmeta: SIGTERM: saved step {int(state.step)} in {run_dir}; rerun to resume",
+              file=sys.stderr)
+        return {"preempted": True, "step": int(state.step), "run_dir": str(run_dir)}
+
+    final = run_dir / "checkpoints" / "meta"
+    if final.exists():
+        shutil.rmtree(final)
+    save_tree(final, state.params)
 
     baseline_s = None
     if cfg.baseline and task.train_sampler is not None and not task.classification:
@@ -163,18 +275,24 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> dict:
         )
         jax.block_until_ready(pretrained)
         baseline_s = time.perf_counter() - t
-        save_tree(run_dir / "checkpoints" / "pretrained", pretrained)
+        pre_dir = run_dir / "checkpoints" / "pretrained"
+        if pre_dir.exists():
+            shutil.rmtree(pre_dir)
+        save_tree(pre_dir, pretrained)
 
-    steady = [json.loads(line) for line in open(run_dir / METRICS_FILE)]
-    rates = [r["steps_per_sec"] for r in steady[1:]] or [r["steps_per_sec"] for r in steady]
+    rows = [json.loads(line) for line in open(run_dir / METRICS_FILE)]
+    rows = [r for r in rows if r["step"] > start_step] or rows
+    rates = [r["steps_per_sec"] for r in rows[1:]] or [r["steps_per_sec"] for r in rows]
     results = {
         "name": cfg.name,
         "algorithm": cfg.algorithm,
         "steps": cfg.num_steps,
-        "final_loss": steady[-1]["loss"],
+        "final_loss": rows[-1]["loss"],
         "compile_s": compile_s,
         "train_s": train_s,
         "steps_per_sec": float(np.median(rates)),
+        "resumed_from": history,
+        "best_checkpoint_step": RunCheckpoints(run_dir / "checkpoints" / STEPS_DIR).best_step(),
         "baseline_train_s": baseline_s,
         "task_map": task_map,
         "environment": environment(),
@@ -213,6 +331,7 @@ def _curves(task: Task, learner, params, key, n: int, max_steps: int, split: str
     return np.concatenate(out)
 
 
+@functools.lru_cache(maxsize=32)
 def _metric(task: Task):
     if task.classification:
         return lambda logits, y: 100.0 * task.metric_fn(logits, y)["accuracy"]

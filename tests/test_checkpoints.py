@@ -1,0 +1,184 @@
+"""Checkpoints that never lose work: resume equals uninterrupted, fallbacks, SIGTERM, NaN."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jmeta.train import Config, ConfigError, NonFiniteLossError, train
+from jmeta.train._checkpoint import RunCheckpoints
+from jmeta.train._loop import load_meta_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = dict(num_steps=60, log_every=10, save_every=20, meta_batch_size=4, hidden=(16, 16),
+            baseline=False, val_tasks=20, eval_tasks=600)
+
+
+def _params(run):
+    _, params = load_meta_params(run)
+    return jax.tree.leaves(params)
+
+
+def _assert_identical(a, b):
+    for x, y in zip(_params(a), _params(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref") / "run"
+    train(Config(**BASE), run, progress=False)
+    return run
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_at(step_to_crash):
+    def hook(step, state):
+        if step == step_to_crash:
+            raise Crash(step)
+        return state
+
+    return hook
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(reference, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        train(Config(**BASE), run, progress=False, step_hook=_crash_at(47))
+    assert RunCheckpoints(run / "checkpoints" / "steps").steps() == [20, 40]
+    results = train(Config(**BASE), run, progress=False)
+    assert results["resumed_from"] == [40]
+    _assert_identical(reference, run)
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40, 50, 60]  # rows logged after step 40 were replaced, not doubled
+
+
+def test_newest_checkpoint_corrupt_falls_back_with_a_warning(reference, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        train(Config(**BASE), run, progress=False, step_hook=_crash_at(47))
+    newest = run / "checkpoints" / "steps" / "40"
+    for f in newest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncate every file
+    with pytest.warns(UserWarning, match="step 40 .* cannot be restored"):
+        results = train(Config(**BASE), run, progress=False)
+    assert results["resumed_from"] == [20]
+    assert (run / "checkpoints" / "steps" / "corrupt-40").is_dir()  # kept for inspection
+    _assert_identical(reference, run)
+
+
+def test_keeps_the_last_k_and_the_best(tmp_path):
+    run = tmp_path / "run"
+    train(Config(**dict(BASE, num_steps=100, save_every=10, keep_checkpoints=2)), run, progress=False)
+    ckpts = RunCheckpoints(run / "checkpoints" / "steps")
+    steps, best = ckpts.steps(), ckpts.best_step()
+    assert steps[-2:] == [90, 100] and best in steps and len(steps) <= 3
+    scores = {json.loads(x)["step"]: json.loads(x)["val_score"] for x in (run / "metrics.jsonl").read_text().splitlines()}
+    assert best == max(scores, key=scores.get)
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+
+    def poison(step, state):
+        if step == 25:
+            params = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), state.params)
+            return state._replace(params=params)
+        return state
+
+    with pytest.raises(NonFiniteLossError, match="at step 26"):
+        train(Config(**BASE), run, progress=False, step_hook=poison)
+    ckpts = RunCheckpoints(run / "checkpoints" / "steps")
+    assert ckpts.steps() == [20]
+    state, _ = ckpts.restore_latest(_initial(run))
+    assert int(state.step) == 20 and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def _initial(run):
+    from jmeta.train._build import build_learner, build_optimizer, build_task
+    from jmeta.train._loop import _seed_key, init_state, load_run_config
+
+    cfg = load_run_config(run)
+    return init_state(build_learner(cfg, build_task(cfg)), build_optimizer(cfg), _seed_key(cfg))
+
+
+def test_incompatible_config_is_a_clear_error_naming_the_fields(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        train(Config(**BASE), run, progress=False, step_hook=_crash_at(25))
+    with pytest.raises(ConfigError, match=r"inner_lr: run has 0.01, requested 0.05.*meta_lr"):
+        train(Config(**dict(BASE, inner_lr=0.05, meta_lr=3e-3)), run, progress=False)
+    assert RunCheckpoints(run / "checkpoints" / "steps").steps() == [20]
+    # Fields that do not change the trajectory may change: a longer schedule resumes.
+    assert train(Config(**dict(BASE, num_steps=80)), run, progress=False)["resumed_from"] == [20]
+
+
+def _cli(run, *extra):
+    args = [f"{k}={v!r}" for k, v in dict(BASE, num_steps=3000, save_every=250, log_every=250).items()]
+    return [sys.executable, "-m", "jmeta.cli", "train", str(ROOT / "configs/sinusoid_demo.py"), *args,
+            "--run-dir", str(run), "--no-progress", "--no-eval", *extra]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def _wait_for_checkpoint(run, proc, timeout=120):
+    steps_dir = run / "checkpoints" / "steps"
+    t = time.time()
+    while time.time() - t < timeout:
+        if steps_dir.exists() and any(p.name.isdigit() for p in steps_dir.iterdir()):
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    raise TimeoutError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cliref") / "run"
+    subprocess.run(_cli(run), check=True, env=_env(), capture_output=True, timeout=600)
+    return run
+
+
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(cli_reference, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_cli(run), env=_env(), stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(run, proc)
+    time.sleep(random.uniform(0.0, 0.8))
+    proc.kill()  # SIGKILL: no handler runs, an async save may be cut in half
+    proc.wait(timeout=30)
+    survivors = RunCheckpoints(run / "checkpoints" / "steps").steps()
+    assert survivors and max(survivors) < 3000
+    done = subprocess.run(_cli(run), env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr
+    _assert_identical(cli_reference, run)
+
+
+def test_sigterm_saves_and_exits_cleanly(cli_reference, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_cli(run), env=_env(), stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(run, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "SIGTERM: saved step" in err
+    saved = int(err.split("SIGTERM: saved step ")[1].split()[0])
+    assert saved in RunCheckpoints(run / "checkpoints" / "steps").steps()
+    done = subprocess.run(_cli(run), env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    _assert_identical(cli_reference, run)
