@@ -8,6 +8,7 @@ the whole meta-step is one jitted function.
 from jmeta import algorithms as algorithms
 from jmeta import core as core
 from jmeta import data as data
+from jmeta import distributed as distributed
 from jmeta import inner as inner
 from jmeta import models as models
 from jmeta.core import Batch as Batch

@@ -64,3 +64,24 @@ def test_model_errors_are_clear():
         from_nnx(lambda rngs: nnx.Linear(1, 1, rngs=rngs), family="rnn")
     with pytest.raises(NotImplementedError, match="nnx.Param"):
         from_nnx(lambda rngs: nnx.BatchNorm(3, rngs=rngs))
+
+
+def test_bfloat16_compute_keeps_float32_masters_and_close_values():
+    import optax
+
+    from jmeta.algorithms import maml
+    from jmeta.core import init_state, make_meta_step
+    from jmeta.models import with_compute_dtype
+
+    model = mlp(1, 1, hidden=(16, 16))
+    low = with_compute_dtype(model, jnp.bfloat16)
+    params = model.init(jax.random.key(0))
+    x = jnp.linspace(-5, 5, 11)[:, None]
+    np.testing.assert_allclose(low.apply(params, x), model.apply(params, x), rtol=5e-2, atol=5e-2)
+    assert not np.array_equal(low.apply(params, x), model.apply(params, x))  # really bf16
+    learner, tx = maml(low, 0.01, 2), optax.adam(1e-3)
+    state = init_state(learner, tx, jax.random.key(0))
+    state, m = make_meta_step(learner, tx, sampler=sinusoid_sampler(4, 5))(state)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.opt_state) if hasattr(p, "dtype") and p.ndim)
+    assert np.isfinite(float(m["loss"]))

@@ -5,9 +5,9 @@ import inspect
 import pytest
 
 import jmeta
-from jmeta import algorithms, core, data, inner, models, train
+from jmeta import algorithms, core, data, distributed, inner, models, train
 
-MODULES = [jmeta, core, inner, algorithms, models, data, train]
+MODULES = [jmeta, core, inner, algorithms, models, data, distributed, train]
 
 
 def _public(module):
@@ -23,7 +23,7 @@ def test_every_public_callable_has_a_docstring(module):
     assert not missing, f"{module.__name__}: undocumented public names {missing}"
 
 
-@pytest.mark.parametrize("module", [core, inner, algorithms, models, data], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [core, inner, algorithms, models, data, distributed], ids=lambda m: m.__name__)
 def test_public_functions_show_an_example(module):
     missing = [
         name for name, obj in _public(module)

@@ -54,7 +54,8 @@ def gradient_learner(
       num_steps: inner steps during meta-training.
       loss_fn: ``(outputs, targets) -> scalar``.
       first_order: first-order meta-gradient (stop-gradient on the inner gradients).
-      remat: ``jax.checkpoint`` each inner step (memory flat in ``num_steps``).
+      remat: ``jax.checkpoint`` each inner step: backprop keeps only each step's carry (the
+        adapted parameters) and recomputes activations (see docs/performance.md for when it pays).
       adapt_filter: ``path -> bool`` choosing the parameters the inner loop adapts (paths look
         like ``"head/kernel"``); ``None`` adapts all.
       metric_fn: optional ``(outputs, targets) -> dict`` of extra query metrics (e.g. accuracy),

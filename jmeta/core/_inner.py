@@ -69,8 +69,10 @@ def inner_loop(
       num_steps: number of inner steps (a Python int, >= 0).
       first_order: stop gradients through the inner gradients (first-order MAML); the
         meta-gradient then ignores second-derivative terms.
-      remat: wrap each step in ``jax.checkpoint``, so memory for backprop through the loop
-        stays flat as ``num_steps`` grows, at the cost of recomputing each step once.
+      remat: wrap each step in ``jax.checkpoint``: backprop through the loop stores only each
+        step's carry (the adapted parameters) and recomputes the step's activations. It saves
+        memory when activations outweigh parameters (convolutions on many images); for small
+        support sets through dense layers it can cost memory (docs/performance.md).
       mask: a boolean pytree like ``params``; only ``True`` leaves are adapted (ANIL adapts the
         head only). ``None`` adapts everything.
       eval_fn: optional ``params -> pytree`` evaluated after every step (for example the query

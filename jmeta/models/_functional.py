@@ -60,3 +60,28 @@ def from_nnx(make_module: Callable[[nnx.Rngs], nnx.Module], family: str = "dense
         return nnx.merge(graphdef, params, rest)(x)
 
     return Model(init=init, apply=apply, family=family)
+
+
+def with_compute_dtype(model: Model, dtype) -> Model:
+    """The same model computing in ``dtype`` (e.g. bfloat16) from float32 master parameters.
+
+    Parameters and inputs are cast inside ``apply`` and outputs cast back to float32, so the
+    parameters, their gradients, inner-loop updates and optimizer state all stay float32.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jmeta.models import mlp
+      >>> model = with_compute_dtype(mlp(), jnp.bfloat16)
+      >>> params = model.init(jax.random.key(0))
+      >>> params["head"]["kernel"].dtype, model.apply(params, jnp.ones((3, 1))).dtype
+      (dtype('float32'), dtype('float32'))
+    """
+    import jax.numpy as jnp
+
+    dtype = jnp.dtype(dtype)
+
+    def apply(params, x):
+        cast = jax.tree.map(lambda p: p.astype(dtype), params)
+        return model.apply(cast, x.astype(dtype)).astype(jnp.float32)
+
+    return Model(init=model.init, apply=apply, family=model.family)

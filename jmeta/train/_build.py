@@ -21,7 +21,7 @@ from jmeta.data._dataset import ClassDataset
 from jmeta.data._samplers import HostSampler, device_sampler
 from jmeta.data._sinusoid import sinusoid_sampler, sinusoid_tasks
 from jmeta.inner._rules import from_optax, lslr, sgd
-from jmeta.models._functional import Model
+from jmeta.models._functional import Model, with_compute_dtype
 from jmeta.models._mlp import mlp
 from jmeta.train._config import CLASSIFICATION, Config, ConfigError
 
@@ -52,6 +52,10 @@ def queries(cfg: Config) -> int:
 
 def eval_queries(cfg: Config) -> int:
     return cfg.eval_k_query or (100 if cfg.task == "sinusoid" else queries(cfg))
+
+
+def _dtype(cfg: Config, model: Model) -> Model:
+    return model if cfg.compute_dtype == "float32" else with_compute_dtype(model, cfg.compute_dtype)
 
 
 def flatten_inputs(model: Model) -> Model:
@@ -99,7 +103,7 @@ def build_task(cfg: Config, *, need_train: bool = True) -> Task:
             del split
             yield sinusoid_tasks(key, n, cfg.k_shot, eval_queries(cfg))
 
-        return Task(cfg, mlp(1, 1, hidden=cfg.hidden), mse_loss, None, "query MSE",
+        return Task(cfg, _dtype(cfg, mlp(1, 1, hidden=cfg.hidden)), mse_loss, None, "query MSE",
                     sinusoid_sampler(cfg.meta_batch_size, cfg.k_shot, queries(cfg)), None, sinusoid_test)
 
     try:
@@ -111,7 +115,7 @@ def build_task(cfg: Config, *, need_train: bool = True) -> Task:
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"{cfg.task}: {err}") from err
     in_dim = int(np.prod(test.example_shape))
-    model = flatten_inputs(mlp(in_dim, cfg.ways, hidden=cfg.hidden))
+    model = _dtype(cfg, flatten_inputs(mlp(in_dim, cfg.ways, hidden=cfg.hidden)))
     device, host = None, None
     if need_train and cfg.sampler == "device":
         device = device_sampler(train, cfg.ways, cfg.k_shot, queries(cfg), cfg.meta_batch_size,

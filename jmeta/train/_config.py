@@ -56,7 +56,8 @@ class Config:
     inner_lr: float = 0.01
     metasgd_init_lr: tuple = (0.005, 0.1)  # Meta-SGD rates: U[low, high] per coordinate
     first_order: bool = False
-    remat: bool = False
+    remat: bool = False  # jax.checkpoint each inner step: keep only its carry, recompute the rest
+    compute_dtype: str = "float32"  # "bfloat16": bf16 compute, float32 master parameters
     # Outer loop.
     num_steps: int = 70_000
     meta_batch_size: int = 25
@@ -143,6 +144,7 @@ def validate(cfg: Config) -> Config:
     _choice("meta_optimizer", cfg.meta_optimizer, META_OPTIMIZERS)
     _choice("task_map", cfg.task_map, TASK_MAPS + ("auto",))
     _choice("sampler", cfg.sampler, SAMPLERS)
+    _choice("compute_dtype", cfg.compute_dtype, ("float32", "bfloat16"))
     _choice("omniglot_protocol", cfg.omniglot_protocol, OMNIGLOT_PROTOCOLS)
     _choice("eval_split", cfg.eval_split, ("train", "val", "test"))
     if cfg.algorithm == "metasgd" and cfg.inner_rule != "default":
