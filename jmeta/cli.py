@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-eval", action="store_true", help="skip the meta-test after training")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--data-dir", help="dataset folder (default: $JMETA_DATA_DIR, else ~/.cache/jmeta/data)")
+    t.add_argument("--num-processes", type=int, default=1,
+                   help="start N processes on this machine (loopback) that train as one run; "
+                        "under a cluster launcher set JAX_NUM_PROCESSES, JAX_PROCESS_ID and "
+                        "JAX_COORDINATOR_ADDRESS (or use Slurm/Open MPI) instead")
 
     e = sub.add_parser("eval", help="meta-test a run directory: mean and 95%% CI over new tasks")
     e.add_argument("run_dir")
@@ -38,8 +43,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.command == "train" and args.num_processes > 1 and "JAX_PROCESS_ID" not in os.environ:
+        return _launch(argv, args)
     # Import after parsing, so `jmeta --help` and usage errors answer without loading JAX.
+    from jmeta.distributed import initialize
+
+    if args.command == "train":
+        try:
+            initialize()  # multi-process runs: JAX_* variables or a cluster launcher; else nothing
+        except ValueError as err:
+            print(f"jmeta: error: {err}", file=sys.stderr)
+            return 2
     from jmeta.train import ConfigError, evaluate, format_table, load_config, train
 
     if args.command == "data":
@@ -51,9 +67,12 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"data_dir={str(Path(args.data_dir).expanduser().absolute())!r}")
             cfg = load_config(args.config, overrides)
             run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-            print(f"jmeta: training {cfg.algorithm} on {cfg.task} into {run_dir}", file=sys.stderr)
+            import jax
+
+            if jax.process_index() == 0:
+                print(f"jmeta: training {cfg.algorithm} on {cfg.task} into {run_dir}", file=sys.stderr)
             res = train(cfg, run_dir, progress=not args.no_progress)
-            if res.get("preempted"):
+            if "process_index" in res or res.get("preempted"):
                 return 0
             if res.get("already_complete"):
                 print(f"{run_dir} already holds the finished run ({res['steps']} steps); nothing "
@@ -64,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"({res['steps_per_sec']:.0f} steps/s, compile {res['compile_s']:.1f} s); "
                 f"final query loss {res['final_loss']:.4f}"
             )
+            if jax.process_count() > 1:
+                return 0  # the launcher (or the user) meta-tests the finished run
             if not args.no_eval:
                 print(format_table(evaluate(run_dir)))
         else:
@@ -75,6 +96,51 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jmeta: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _launch(argv: list[str], args) -> int:
+    """Runs ``jmeta train`` as N processes over loopback, then meta-tests the run (process 0's)."""
+    import signal
+    import socket
+    import subprocess
+
+    n = args.num_processes
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    child_argv = [a for a in argv if not a.startswith("--num-processes")]
+    if "--num-processes" in argv:
+        i = argv.index("--num-processes")
+        child_argv = argv[:i] + argv[i + 2:]
+    if "--run-dir" not in child_argv:
+        child_argv += ["--run-dir", f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    run_dir = child_argv[child_argv.index("--run-dir") + 1]
+    procs = []
+    for pid in range(n):
+        env = dict(os.environ, JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(pid),
+                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}")
+        procs.append(subprocess.Popen([sys.executable, "-m", "jmeta.cli", *child_argv, "--no-eval"], env=env))
+    old = signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p in procs])
+    try:
+        # A process that fails leaves the others waiting in a collective: stop them all.
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                break
+            time.sleep(0.2)
+        codes = [p.wait() for p in procs]
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    if any(codes):
+        return next(c for c in codes if c)
+    if args.no_eval:
+        return 0
+    return main(["eval", run_dir] + (["--data-dir", args.data_dir] if args.data_dir else []))
 
 
 def _data(args) -> int:

@@ -26,7 +26,9 @@ def restore_tree(directory: str | Path, abstract: PyTree) -> PyTree:
         raise FileNotFoundError(
             f"No checkpoint at {directory}: was the run finished? Re-run `jmeta train` for it."
         )
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+    # Restore onto this process's first device, whatever topology saved it (8 GPUs -> 1 CPU).
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), abstract)
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(directory, abstract)
 
@@ -138,7 +140,10 @@ class RunCheckpoints:
         checkpoint that fails to restore is moved aside (renamed ``corrupt-<step>``, kept for
         inspection) with a warning, and the previous one is tried.
         """
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _saveable(state_like))
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+            _saveable(state_like),
+        )
         for step in reversed(self.steps()):
             try:
                 restored = self.manager.restore(

@@ -64,6 +64,8 @@ class Config:
     meta_optimizer: str = "adam"
     meta_lr: float = 1e-3
     task_map: str = "auto"  # "vmap" | "map" | "unroll" | "auto" (measured default per backend)
+    mesh_data: int = 0  # devices on the mesh's task ("data") axis; 0 = all devices / mesh_model
+    mesh_model: int = 1  # devices on the "model" axis (parameters are replicated over it for now)
     chunk_size: int = 0  # tasks per chunk for task_map="map"; 0 = all tasks in one chunk
     seed: int = 0
     log_every: int = 1000
@@ -152,12 +154,13 @@ def validate(cfg: Config) -> Config:
     if cfg.algorithm == "reptile" and cfg.inner_rule == "lslr":
         raise ConfigError("reptile has no meta-gradient for learned rates: use inner_rule sgd or adam.")
     positive = ("k_shot", "ways", "inner_steps", "num_steps", "meta_batch_size", "log_every",
-                "save_every", "keep_checkpoints",
+                "save_every", "keep_checkpoints", "mesh_model",
                 "eval_tasks", "val_tasks")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1; got {getattr(cfg, key)}.")
-    for key in ("k_query", "eval_k_query", "chunk_size", "baseline_steps", "seed", "image_size"):
+    for key in ("k_query", "eval_k_query", "chunk_size", "baseline_steps", "seed", "image_size",
+                "mesh_data"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0; got {getattr(cfg, key)}.")
     for key in ("inner_lr", "meta_lr"):

@@ -21,6 +21,15 @@ from tqdm.auto import tqdm
 
 from jmeta.core._meta import default_task_map, init_state, make_meta_step
 from jmeta.core._types import MetaState
+from jmeta.data._samplers import HostSampler
+from jmeta.distributed import (
+    check_batch,
+    global_batch_from_local,
+    make_mesh,
+    process_slice,
+    shard_state,
+    task_sharding,
+)
 from jmeta.train._build import Task, build_learner, build_optimizer, build_task, eval_queries
 from jmeta.train._checkpoint import STEPS_DIR, RunCheckpoints, restore_tree, save_tree
 from jmeta.train._config import Config, ConfigError, incompatible_fields, load_config
@@ -79,7 +88,7 @@ def _seed_key(cfg: Config, stream: int = 0):
 
 def _check_finite(window: list, step: int) -> list:
     """Host copies of the window's metrics; raises naming the first step with a non-finite loss."""
-    host = jax.device_get(window)
+    host = jax.device_get(jax.tree.map(_local, window))
     for i, m in enumerate(host):
         if not all(np.isfinite(float(v)) for v in m.values()):
             first = step - len(host) + 1 + i
@@ -128,6 +137,63 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+class _NullLog:
+    def write(self, text):
+        pass
+
+    def flush(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def _local(x):
+    """A host-usable copy of a replicated (possibly multi-process) array."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x.addressable_data(0)
+    return x
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _host_batches(task: Task, cfg: Config, mesh, start_step: int):
+    """Host-sampled task batches from ``start_step`` on. One process: prefetched and placed with
+    the task sharding. Several: each draws its own slice from (seed, process_index, step)."""
+    sharding = task_sharding(mesh) if mesh.size > 1 else None
+    if jax.process_count() == 1:
+        sampler = task.host_sampler
+        if sharding is not None:
+            sampler = _sampler_with(sampler, sharding=sharding)
+        with sampler.iterate(start_step) as it:
+            yield from it
+        return
+    begin, end = process_slice(cfg.meta_batch_size, mesh)
+    local = _sampler_with(task.host_sampler, num_tasks=end - begin,
+                                        process_index=jax.process_index())
+    step = start_step
+    while True:
+        yield global_batch_from_local(local.sample(step), mesh)
+        step += 1
+
+
+def _sampler_with(sampler: HostSampler, **changes) -> HostSampler:
+    kwargs = dict(seed=sampler.seed, process_index=sampler.process_index,
+                  augment_rotations=sampler.augment_rotations, sharding=sampler.sharding,
+                  prefetch=sampler.prefetch, transform=sampler.transform, num_tasks=sampler.num_tasks)
+    kwargs.update(changes)
+    num_tasks = kwargs.pop("num_tasks")
+    return HostSampler(sampler.ds, sampler.ways, sampler.shots, sampler.queries, num_tasks, **kwargs)
 
 
 def validation_score(task: Task, learner, params, cfg: Config, task_map: str) -> float:
@@ -183,32 +249,46 @@ def train(
             if done.get("steps") == cfg.num_steps:
                 return dict(done, already_complete=True)
     task = build_task(cfg)  # loads data and checks the episodes: errors before compiling
+    try:
+        mesh = make_mesh(cfg.mesh_data or None, cfg.mesh_model)
+        check_batch(cfg.meta_batch_size, mesh)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    sharded = mesh.size > 1
+    lead = jax.process_index() == 0  # only process 0 writes logs and results
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    (run_dir / RESULTS_FILE).unlink(missing_ok=True)
+    if lead:
+        (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
     learner = build_learner(cfg, task)
     optimizer = build_optimizer(cfg)
     task_map = default_task_map(learner.family) if cfg.task_map == "auto" else cfg.task_map
     step_fn = make_meta_step(
         learner, optimizer, task_map=task_map, chunk_size=cfg.chunk_size or None,
-        sampler=task.train_sampler,
+        sampler=task.train_sampler, batch_sharding=task_sharding(mesh) if sharded else None,
     )
     state = init_state(learner, optimizer, _seed_key(cfg))
+    if sharded:
+        state = shard_state(state, mesh)
     ckpts = RunCheckpoints(run_dir / "checkpoints" / STEPS_DIR, keep=cfg.keep_checkpoints)
     start_step = 0
     history = []
     if resuming:
         restored, meta = ckpts.restore_latest(state)
         if restored is not None:
-            state, start_step = restored, int(restored.step)
+            state, start_step = restored, int(_local(restored.step))
+            if sharded:
+                state = shard_state(jax.tree.map(_local, state), mesh)
             history = list(meta.get("resumed_from", []))
-            print(f"jmeta: resuming {run_dir} from step {start_step}", file=sys.stderr)
-    _truncate_metrics(run_dir / METRICS_FILE, start_step)
+            if lead:
+                print(f"jmeta: resuming {run_dir} from step {start_step}", file=sys.stderr)
+    if lead:
+        _truncate_metrics(run_dir / METRICS_FILE, start_step)
     if start_step:
         history.append(start_step)
 
-    batches = task.host_sampler.iterate(start_step) if task.host_sampler else None
+    batches = _host_batches(task, cfg, mesh, start_step) if task.host_sampler else None
     args = (next(batches),) if batches else ()
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, *args).compile()
@@ -216,21 +296,25 @@ def train(
 
     def save(step, window):
         _check_finite(window, step)  # never checkpoint a non-finite state
-        score = validation_score(task, learner, state.params, cfg, task_map)
+        score = validation_score(task, learner, jax.tree.map(_local, state.params), cfg, task_map)
         ckpts.save(step, state, val_score=score, meta={"resumed_from": history})
         return score
 
     start = time.perf_counter()
     window, window_start = [], time.perf_counter()
     preempted = False
-    bar = tqdm(total=cfg.num_steps, initial=start_step, disable=not progress, unit="step",
+    bar = tqdm(total=cfg.num_steps, initial=start_step, disable=not (progress and lead), unit="step",
                dynamic_ncols=True, mininterval=0.5)
+    # Simulated CPU devices can deadlock on back-to-back collectives: wait on every step there.
+    wait_each_step = sharded and jax.default_backend() == "cpu"
     try:
-        with open(run_dir / METRICS_FILE, "a") as log, _Preemption() as preemption:
+        with open(run_dir / METRICS_FILE, "a") if lead else _NullLog() as log, _Preemption() as preemption:
             for step in range(start_step + 1, cfg.num_steps + 1):
                 if batches:
                     args = (args[0] if step == start_step + 1 else next(batches),)
                 state, metrics = compiled(state, *args)
+                if wait_each_step:
+                    jax.block_until_ready(state)
                 if step_hook is not None:
                     state = step_hook(step, state)
                 window.append(metrics)
@@ -252,22 +336,27 @@ def train(
     finally:
         if batches:
             batches.close()
+        ckpts.wait()
+        best_step = ckpts.best_step()
         ckpts.close()
         bar.close()
     jax.block_until_ready(state)
     train_s = time.perf_counter() - start
-    if preempted:
+    if preempted and lead:
         print(f"jmeta: SIGTERM: saved step {int(state.step)} in {run_dir}; rerun to resume",
               file=sys.stderr)
-        return {"preempted": True, "step": int(state.step), "run_dir": str(run_dir)}
+    if preempted:
+        return {"preempted": True, "step": int(_local(state.step)), "run_dir": str(run_dir)}
 
     final = run_dir / "checkpoints" / "meta"
-    if final.exists():
+    if lead and final.exists():
         shutil.rmtree(final)
-    save_tree(final, state.params)
+    _sync("final-meta")
+    save_tree(final, state.params)  # collective across processes
 
     baseline_s = None
-    if cfg.baseline and task.train_sampler is not None and not task.classification:
+    multi = jax.process_count() > 1
+    if cfg.baseline and task.train_sampler is not None and not task.classification and not multi:
         t = time.perf_counter()
         pretrained = train_pretrained(
             task.model, build_optimizer(cfg), task.train_sampler,
@@ -280,6 +369,8 @@ def train(
             shutil.rmtree(pre_dir)
         save_tree(pre_dir, pretrained)
 
+    if not lead:
+        return {"process_index": jax.process_index(), "steps": cfg.num_steps}
     rows = [json.loads(line) for line in open(run_dir / METRICS_FILE)]
     rows = [r for r in rows if r["step"] > start_step] or rows
     rates = [r["steps_per_sec"] for r in rows[1:]] or [r["steps_per_sec"] for r in rows]
@@ -292,9 +383,11 @@ def train(
         "train_s": train_s,
         "steps_per_sec": float(np.median(rates)),
         "resumed_from": history,
-        "best_checkpoint_step": RunCheckpoints(run_dir / "checkpoints" / STEPS_DIR).best_step(),
+        "best_checkpoint_step": best_step,
         "baseline_train_s": baseline_s,
         "task_map": task_map,
+        "mesh": dict(mesh.shape),
+        "processes": jax.process_count(),
         "environment": environment(),
     }
     (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
