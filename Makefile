@@ -49,6 +49,8 @@ results: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/task_map.py
 	$(BIN)/python benchmarks/samplers.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -48,6 +48,14 @@ def _restore_state(tree: dict):
     return MetaState(tree["step"], tree["params"], tree["opt_state"], jax.random.wrap_key_data(tree["rng"]))
 
 
+def abstract_state(make_state, sharding=None) -> dict:
+    """The checkpoint structure of ``make_state()`` from ``jax.eval_shape`` (nothing computed),
+    placed with ``sharding`` (default: this process's first device)."""
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.eval_shape(lambda: _saveable(make_state()))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
 class RunCheckpoints:
     """Checkpoints of a training run: Orbax ``CheckpointManager``, asynchronous saves, the last
     ``keep`` steps plus the best by validation score (higher is better), atomic.
@@ -136,13 +144,15 @@ class RunCheckpoints:
     def restore_latest(self, state_like):
         """The newest readable checkpoint as ``(MetaState, meta)``, or ``(None, None)``.
 
-        ``state_like`` gives the structure (e.g. ``jax.eval_shape`` of the initial state). A
-        checkpoint that fails to restore is moved aside (renamed ``corrupt-<step>``, kept for
-        inspection) with a warning, and the previous one is tried.
+        ``state_like`` gives the structure: a ``MetaState`` of arrays, or the abstract tree of
+        :func:`abstract_state` (shapes from ``jax.eval_shape``, no computation). A checkpoint that
+        fails to restore is moved aside (renamed ``corrupt-<step>``, kept for inspection) with a
+        warning, and the previous one is tried.
         """
+        tree = state_like if isinstance(state_like, dict) else _saveable(state_like)
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-            _saveable(state_like),
+            tree,
         )
         for step in reversed(self.steps()):
             try:

@@ -27,11 +27,18 @@ from jmeta.distributed import (
     global_batch_from_local,
     make_mesh,
     process_slice,
+    replicated,
     shard_state,
     task_sharding,
 )
 from jmeta.train._build import Task, build_learner, build_optimizer, build_task, eval_queries
-from jmeta.train._checkpoint import STEPS_DIR, RunCheckpoints, restore_tree, save_tree
+from jmeta.train._checkpoint import (
+    STEPS_DIR,
+    RunCheckpoints,
+    abstract_state,
+    restore_tree,
+    save_tree,
+)
 from jmeta.train._config import Config, ConfigError, incompatible_fields, load_config
 from jmeta.train._eval import (
     adaptation_curves,
@@ -275,7 +282,9 @@ def train(
     start_step = 0
     history = []
     if resuming:
-        restored, meta = ckpts.restore_latest(state)
+        restored, meta = ckpts.restore_latest(abstract_state(
+            lambda: init_state(learner, optimizer, _seed_key(cfg)),
+            replicated(mesh) if sharded else None))
         if restored is not None:
             state, start_step = restored, int(_local(restored.step))
             if sharded:
