@@ -49,3 +49,13 @@ def test_impossible_episode_is_a_clear_error_before_compiling(omniglot_root, dat
     err = capsys.readouterr().err
     assert "30 examples per class" in err and "has 20" in err
     assert not run.exists()
+
+
+def test_protonets_conv4_on_omniglot(omniglot_root, data_cache, tmp_path, capsys):
+    run = tmp_path / "pn"
+    args = ["train", "configs/omniglot_protonets.py", "num_steps=30", "log_every=10", "save_every=30",
+            "filters=8", "ways=5", "eval_tasks=100", "val_tasks=20", f"cache_dir={str(data_cache)!r}",
+            "--data-dir", str(SHARED_DATA), "--run-dir", str(run), "--no-progress"]
+    assert main(args) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["results"]["protonets"]["1"]["mean"] > 30  # chance is 20%

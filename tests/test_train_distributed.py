@@ -70,3 +70,50 @@ def test_a_batch_that_does_not_split_is_a_clear_error(tmp_path):
     assert "not divisible" in out.stderr and "6" in out.stderr
     out = _train(tmp_path / "run2", "--num-processes", "2", overrides=["meta_batch_size=5"])
     assert out.returncode == 2 and "not divisible" in out.stderr
+
+
+PROTONETS_CHILD = """
+import json, sys, jax, numpy as np, optax
+from jmeta import distributed as dist
+from jmeta.algorithms import protonets
+from jmeta.core import init_state, make_meta_step
+from jmeta.data import ClassDataset, device_sampler
+from jmeta.models import mlp
+from jmeta.train._build import flatten_inputs
+rng = np.random.default_rng(0)
+ds = ClassDataset.from_labels(rng.integers(0, 255, (200, 6, 6, 1), dtype=np.uint8),
+                              np.arange(200) % 20, [str(i) for i in range(20)])
+sampler = device_sampler(ds, 5, 2, 3, 16)
+learner = protonets(flatten_inputs(mlp(36, 8, hidden=(16,))), ways=5)
+# SGD, not Adam: the embedding's last bias gets an exactly-zero gradient under squared distances
+# (a shift of all embeddings changes no distance), and Adam would blow its rounding noise up to
+# full-size steps that differ between any two reduction orders.
+tx = optax.sgd(0.5)
+mesh = dist.make_mesh()
+out = {}
+for name, sharding in (("plain", None), ("sharded", dist.task_sharding(mesh))):
+    state = init_state(learner, tx, jax.random.key(0))
+    if sharding is not None:
+        state = dist.shard_state(state, mesh)
+    given = make_meta_step(learner, tx, donate=False, batch_sharding=sharding)
+    drawn = make_meta_step(learner, tx, donate=False, sampler=sampler, batch_sharding=sharding)
+    for i in range(3):
+        state, _ = given(state, sampler(jax.random.key(i))); jax.block_until_ready(state)
+        state, _ = drawn(state); jax.block_until_ready(state)
+    out[name] = [np.asarray(x).tolist() for x in jax.tree.leaves(state.params)]
+print(json.dumps({"devices": jax.device_count(), **out}))
+"""
+
+
+def test_protonets_sharded_over_eight_devices_equals_unsharded():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run([sys.executable, "-c", PROTONETS_CHILD], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["devices"] == 8
+    for a, b in zip(res["plain"], res["sharded"]):
+        np.testing.assert_allclose(np.array(a), np.array(b), **TOL)

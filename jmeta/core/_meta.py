@@ -21,15 +21,16 @@ from jmeta.core._types import (  # noqa: F401  (Batch is used in doctests)
 
 TASK_MAPS = ("vmap", "map", "unroll")
 
-# Measured defaults (docs/performance.md, benchmarks/task_map.py and FINDINGS of the project):
-#  * dense models (MLP) on CPU: vmap is fastest (sinusoid MAML, 5 inner steps, 25 tasks);
-#  * convolutional models on CPU: vmap makes every convolution a grouped convolution with one
-#    group per task, which XLA:CPU runs ~30x slower than a per-task loop, and an unrolled loop
-#    compiles for ~50 s at 32 tasks, so a chunked lax.map is the default there;
+# Measured defaults (docs/performance.md, benchmarks/task_map.py):
+#  * dense models (MLP) on CPU: vmap, or a chunked map within 25% (sinusoid MAML);
+#  * convolutional models on CPU (Conv-4 MAML, Omniglot 5-way 1-shot, 32 tasks, 2 cores): vmap
+#    12 s per step (each convolution becomes a grouped convolution, slow on XLA:CPU), lax.map
+#    16 s, an unrolled loop 2.7 s but 120 s to compile; vmap stays the default until a faster
+#    CPU convolution path exists;
 #  * GPU/TPU: vmap is the fast path for every family (grouped convolutions are fast there).
 _DEFAULT_TASK_MAP = {
     ("cpu", "dense"): "vmap",
-    ("cpu", "conv"): "map",
+    ("cpu", "conv"): "vmap",
 }
 
 
@@ -44,7 +45,7 @@ def default_task_map(family: str = "dense", backend: str | None = None) -> str:
       >>> default_task_map("dense", "gpu")
       'vmap'
       >>> default_task_map("conv", "cpu")
-      'map'
+      'vmap'
     """
     backend = backend or jax.default_backend()
     return _DEFAULT_TASK_MAP.get((backend, family), "vmap")

@@ -27,12 +27,20 @@ class Model(NamedTuple):
     family: str
 
 
-def from_nnx(make_module: Callable[[nnx.Rngs], nnx.Module], family: str = "dense") -> Model:
+def from_nnx(
+    make_module: Callable[[nnx.Rngs], nnx.Module],
+    family: str = "dense",
+    *,
+    batch_stats: str | None = None,
+) -> Model:
     """Wraps an NNX module constructor as a functional :class:`Model`.
 
     The module is built once (abstractly, no compute) to obtain its graph definition; ``apply``
     merges that graph with the given parameters inside the traced function, so the module is
     never mutated and no state leaks out of a jitted inner loop.
+
+    Modules with BatchNorm need ``batch_stats="transductive"``: normalisation uses the statistics
+    of each batch it sees, and running averages are neither used nor kept.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -46,18 +54,22 @@ def from_nnx(make_module: Callable[[nnx.Rngs], nnx.Module], family: str = "dense
         raise ValueError(f"Unknown model family {family!r}; choose one of {FAMILIES}.")
     abstract = nnx.eval_shape(lambda: make_module(nnx.Rngs(0)))
     graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
-    if jax.tree.leaves(rest):
+    if jax.tree.leaves(rest) and batch_stats != "transductive":
         raise NotImplementedError(
             "from_nnx supports modules whose only state is nnx.Param for now; this module also "
-            f"holds {jax.tree.map(lambda x: x.shape, rest)}."
+            f"holds {jax.tree.map(lambda x: x.shape, rest)}; for BatchNorm pass "
+            "batch_stats='transductive'."
         )
 
     def init(key: PRNGKey) -> Params:
         _, params, _ = nnx.split(make_module(nnx.Rngs(key)), nnx.Param, ...)
         return nnx.to_pure_dict(params)
 
+    if batch_stats == "transductive":
+        _, _, rest = nnx.split(make_module(nnx.Rngs(0)), nnx.Param, ...)  # concrete constants
+
     def apply(params: Params, x: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, params, rest)(x)
+        return nnx.merge(graphdef, params, rest, copy=True)(x)
 
     return Model(init=init, apply=apply, family=family)
 

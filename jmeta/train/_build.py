@@ -22,6 +22,7 @@ from jmeta.data._samplers import HostSampler, device_sampler
 from jmeta.data._sinusoid import sinusoid_sampler, sinusoid_tasks
 from jmeta.inner._rules import from_optax, lslr, sgd
 from jmeta.models._functional import Model, with_compute_dtype
+from jmeta.models._conv4 import conv4
 from jmeta.models._mlp import mlp
 from jmeta.train._config import CLASSIFICATION, Config, ConfigError
 
@@ -52,6 +53,21 @@ def queries(cfg: Config) -> int:
 
 def eval_queries(cfg: Config) -> int:
     return cfg.eval_k_query or (100 if cfg.task == "sinusoid" else queries(cfg))
+
+
+def _classifier(cfg: Config, example_shape: tuple) -> Model:
+    """The network for a classification config: logits over ``ways`` classes, or embeddings
+    for metric-based algorithms (ProtoNets)."""
+    embed = cfg.algorithm == "protonets"
+    if cfg.model == "conv4":
+        if len(example_shape) != 3 or example_shape[0] != example_shape[1]:
+            raise ConfigError(f"conv4 needs square images [S, S, C]; the dataset has {example_shape}.")
+        return conv4(example_shape[2], None if embed else cfg.ways, filters=cfg.filters,
+                     strided=cfg.strided, image_size=example_shape[0])
+    in_dim = int(np.prod(example_shape))
+    if embed:
+        return flatten_inputs(mlp(in_dim, cfg.hidden[-1], hidden=cfg.hidden[:-1]))
+    return flatten_inputs(mlp(in_dim, cfg.ways, hidden=cfg.hidden))
 
 
 def _dtype(cfg: Config, model: Model) -> Model:
@@ -114,8 +130,7 @@ def build_task(cfg: Config, *, need_train: bool = True) -> Task:
                 ds.check_episode(cfg.ways, cfg.k_shot, q)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"{cfg.task}: {err}") from err
-    in_dim = int(np.prod(test.example_shape))
-    model = _dtype(cfg, flatten_inputs(mlp(in_dim, cfg.ways, hidden=cfg.hidden)))
+    model = _dtype(cfg, _classifier(cfg, test.example_shape))
     device, host = None, None
     if need_train and cfg.sampler == "device":
         device = device_sampler(train, cfg.ways, cfg.k_shot, queries(cfg), cfg.meta_batch_size,
@@ -153,6 +168,9 @@ def build_learner(cfg: Config, task: Task) -> MetaLearner:
     if cfg.algorithm == "metasgd":
         lr = cfg.metasgd_init_lr[0] if len(cfg.metasgd_init_lr) == 1 else tuple(cfg.metasgd_init_lr)
         return algorithms.metasgd(model, lr, cfg.inner_steps, first_order=cfg.first_order, **common)
+    if cfg.algorithm == "protonets":
+        return algorithms.protonets(model, ways=cfg.ways, distance=cfg.distance,
+                                    metric_fn=task.metric_fn)
     if cfg.algorithm == "reptile":
         return algorithms.reptile(model, cfg.inner_lr, cfg.inner_steps, rule=_rule(cfg),
                                   loss_fn=task.loss_fn, metric_fn=task.metric_fn)

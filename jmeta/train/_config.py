@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 from jmeta.core._meta import TASK_MAPS
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonets")
+MODELS = ("mlp", "conv4")
 INNER_RULES = ("default", "sgd", "lslr", "adam")
 CLASSIFICATION = ("omniglot", "miniimagenet", "cifar_fs", "fc100", "tieredimagenet")
 TASKS = ("sinusoid",) + CLASSIFICATION
@@ -43,7 +44,11 @@ class Config:
     k_shot: int = 10  # support points per task (shots per class for classification)
     k_query: int = 0  # query points per task (per class); 0 = k_shot (sinusoid) or 15 (classes)
     ways: int = 5  # classes per episode (classification)
+    model: str = "mlp"  # "mlp" (hidden sizes below) or "conv4" (classification tasks)
     hidden: tuple = (40, 40)
+    filters: int = 64  # conv4 filters per layer (32: MAML's miniImageNet network)
+    strided: bool = False  # conv4 with stride-2 convolutions instead of max-pooling
+    distance: str = "sqeuclidean"  # protonets: "sqeuclidean" or "cosine"
     # Few-shot datasets (classification tasks).
     data_dir: str = ""  # source archives: "" = $JMETA_DATA_DIR or ~/.cache/jmeta/data
     cache_dir: str = ""  # converted arrays: "" = $JMETA_CACHE_DIR or ~/.cache/jmeta/cache
@@ -146,6 +151,12 @@ def validate(cfg: Config) -> Config:
     _choice("meta_optimizer", cfg.meta_optimizer, META_OPTIMIZERS)
     _choice("task_map", cfg.task_map, TASK_MAPS + ("auto",))
     _choice("sampler", cfg.sampler, SAMPLERS)
+    _choice("model", cfg.model, MODELS)
+    _choice("distance", cfg.distance, ("sqeuclidean", "cosine"))
+    if cfg.task == "sinusoid" and (cfg.model != "mlp" or cfg.algorithm == "protonets"):
+        raise ConfigError("sinusoid regression uses model='mlp' and a gradient-based algorithm.")
+    if cfg.algorithm == "protonets" and cfg.inner_rule != "default":
+        raise ConfigError("protonets has no inner loop: leave inner_rule='default'.")
     _choice("compute_dtype", cfg.compute_dtype, ("float32", "bfloat16"))
     _choice("omniglot_protocol", cfg.omniglot_protocol, OMNIGLOT_PROTOCOLS)
     _choice("eval_split", cfg.eval_split, ("train", "val", "test"))
@@ -154,7 +165,7 @@ def validate(cfg: Config) -> Config:
     if cfg.algorithm == "reptile" and cfg.inner_rule == "lslr":
         raise ConfigError("reptile has no meta-gradient for learned rates: use inner_rule sgd or adam.")
     positive = ("k_shot", "ways", "inner_steps", "num_steps", "meta_batch_size", "log_every",
-                "save_every", "keep_checkpoints", "mesh_model",
+                "save_every", "keep_checkpoints", "mesh_model", "filters",
                 "eval_tasks", "val_tasks")
     for key in positive:
         if getattr(cfg, key) < 1:
