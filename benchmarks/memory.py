@@ -1,6 +1,7 @@
 """Memory of second-order MAML against inner steps (with and without remat), and checkpoint cost.
 
-    python benchmarks/memory.py
+    python benchmarks/memory.py            # MLP rows and checkpoint cost
+    python benchmarks/memory.py --conv4    # Conv-4 rows (compiled memory; step time at 1 and 5)
 
 1. Peak temporary memory of the compiled meta-step (XLA's memory analysis of the executable:
    deterministic, unlike process RSS) and its median step time, for 1, 5, 10, 20, 50 inner steps,
@@ -56,7 +57,57 @@ def timed(step, state, reps=5, n=3):
     return statistics.median(times), state
 
 
+def conv4_memory(tasks: int = 4, timed_steps=(1,)):
+    """Conv-4 (64 filters, max-pool, transductive BatchNorm) second-order MAML memory from the
+    compiled executable for 1..50 inner steps, with and without remat; step time where cheap."""
+    from jmeta.models import conv4
+
+    global TASKS
+    TASKS = tasks
+    model = conv4(1, WAYS, filters=64)
+    tx = optax.adam(1e-3)
+    rows = []
+    for steps in (1, 5, 10, 20, 50):
+        for remat in (False, True):
+            learner = maml(model, 0.1, steps, loss_fn=cross_entropy_loss, remat=remat)
+            step = make_meta_step(learner, tx, sampler=batch)
+            state = init_state(learner, tx, jax.random.key(0))
+            t = time.perf_counter()
+            compiled = step.lower(state).compile()
+            compile_s = time.perf_counter() - t
+            mem = compiled.memory_analysis()
+            row = {"inner_steps": steps, "remat": remat, "temp_mb": mem.temp_size_in_bytes / 2**20,
+                   "compile_s": compile_s, "meta_batch": tasks}
+            if steps in timed_steps:
+                row["step_ms"] = 1000 * timed(compiled, state, reps=2, n=1)[0]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main():
+    import sys
+
+    if "--conv4" in sys.argv:
+        rows = conv4_memory()
+        hw = f"cpu-{os.cpu_count()}core" if jax.default_backend() == "cpu" else jax.devices()[0].device_kind.lower().replace(" ", "-")
+        out = Path(__file__).parent / "results" / hw
+        out.mkdir(parents=True, exist_ok=True)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        (out / "memory_conv4.json").write_text(json.dumps({"commit": commit, "rows": rows}, indent=2) + "\n")
+        lines = [f"Second-order MAML, Conv-4 (64 filters), Omniglot-shaped 20-way 1-shot 15-query, "
+                 f"meta-batch {TASKS} ({hw}, jax {jax.__version__}, commit {commit}).", "",
+                 "| inner steps | temp memory (MB) | with remat (MB) | step (ms) | with remat (ms) |",
+                 "|---|---|---|---|---|"]
+        for steps in (1, 5, 10, 20, 50):
+            a = next(r for r in rows if r["inner_steps"] == steps and not r["remat"])
+            b = next(r for r in rows if r["inner_steps"] == steps and r["remat"])
+            ta = f"{a['step_ms']:.0f}" if "step_ms" in a else "-"
+            tb = f"{b['step_ms']:.0f}" if "step_ms" in b else "-"
+            lines.append(f"| {steps} | {a['temp_mb']:.0f} | {b['temp_mb']:.0f} | {ta} | {tb} |")
+        (out / "memory_conv4.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     model = flatten_inputs(mlp(784, WAYS, hidden=(256, 128, 64, 64)))
     tx = optax.adam(1e-3)
     rows = []

@@ -244,3 +244,21 @@ def test_two_processes_match_one(tmp_path):
     want_batch, want_sampler = _reference_params()
     _assert_same(_leaves(arrays, "batch"), want_batch, "2 processes vs 1 (given batch)")
     _assert_same(_leaves(arrays, "sampler"), want_sampler, "2 processes vs 1 (in-graph sampler)")
+
+
+def test_param_sharding_splits_weights_over_the_model_axis():
+    import subprocess as sp
+    import sys as _sys
+
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from jmeta.distributed import make_mesh, param_sharding\n"
+        "mesh = make_mesh(data=2, model=2)\n"
+        "print(param_sharding(jnp.zeros((16, 8)), mesh).spec, param_sharding(jnp.zeros((8,)), mesh).spec,"
+        " param_sharding(jnp.zeros((16, 3)), mesh).spec)\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+    out = sp.run([_sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["P(None,", "'model')", "P()", "P()"]

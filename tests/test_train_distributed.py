@@ -49,6 +49,17 @@ def test_four_devices_equal_one(single, tmp_path):
         np.testing.assert_allclose(a, b, **TOL)
 
 
+def test_a_model_axis_splits_weights_and_still_equals_one_device(single, tmp_path):
+    run = tmp_path / "run"
+    out = _train(run, "--no-eval", devices=4, overrides=["mesh_model=2"])
+    assert out.returncode == 0, out.stderr
+    import json
+
+    assert json.loads((run / "results.json").read_text())["mesh"] == {"data": 2, "model": 2}
+    for a, b in zip(_params(single), _params(run)):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
 def test_two_processes_equal_one_and_are_meta_tested(single, tmp_path):
     run = tmp_path / "run"
     out = _train(run, "--num-processes", "2")

@@ -211,6 +211,7 @@ def make_meta_step(
     sampler: Callable[[PRNGKey], TaskBatch] | None = None,
     donate: bool = True,
     batch_sharding: jax.sharding.Sharding | None = None,
+    state_sharding: MetaState | None = None,
 ) -> Callable[..., tuple[MetaState, dict]]:
     """One jitted meta-step that donates its input state.
 
@@ -230,6 +231,9 @@ def make_meta_step(
         P("data"))``), imposed inside the step with ``with_sharding_constraint`` so that
         in-graph samplers produce a task axis split over the devices; XLA then computes the
         per-task work where the tasks live and the mean of the meta-gradient across devices.
+      state_sharding: optional pytree of shardings like the state (e.g. from
+        ``jax.tree.map(lambda x: x.sharding, jmeta.distributed.shard_state(state, mesh))``); the
+        new state is constrained to it, so the step's output can be fed back without resharding.
 
     Example:
       >>> import jax, optax
@@ -249,7 +253,10 @@ def make_meta_step(
     def step(state: MetaState, batch: TaskBatch) -> tuple[MetaState, dict]:
         if batch_sharding is not None:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        return inner(state, batch)
+        new, metrics = inner(state, batch)
+        if state_sharding is not None:
+            new = jax.tree.map(jax.lax.with_sharding_constraint, new, state_sharding)
+        return new, metrics
 
     if sampler is None:
         return jax.jit(step, donate_argnums=donate_argnums)

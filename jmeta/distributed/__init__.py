@@ -27,3 +27,4 @@ from jmeta.distributed._mesh import task_sharding as task_sharding
 from jmeta.distributed._process import global_batch_from_local as global_batch_from_local
 from jmeta.distributed._process import initialize as initialize
 from jmeta.distributed._process import process_slice as process_slice
+from jmeta.distributed._mesh import param_sharding as param_sharding

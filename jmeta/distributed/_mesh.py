@@ -137,11 +137,30 @@ def check_batch(meta_batch_size: int, mesh: Mesh | int) -> None:
         )
 
 
-def shard_state(state: MetaState, mesh: Mesh) -> MetaState:
-    """Places a :class:`~jmeta.core.MetaState` replicated on every device of ``mesh``.
+def param_sharding(x, mesh: Mesh) -> NamedSharding:
+    """Where one parameter (or optimizer-state) array lives: split along its last axis over
+    ``"model"`` when that axis is larger than one and divides it (weight matrices, conv kernels),
+    replicated otherwise (biases, scalars, the step, the key).
 
-    Every leaf (step, parameters, optimizer state, PRNG key) gets :func:`replicated`. In a
-    multi-process run every process must pass the same state (e.g. built from the same seed).
+    Example:
+      >>> import jax.numpy as jnp
+      >>> param_sharding(jnp.zeros((3, 4)), make_mesh()).spec
+      P()
+    """
+    size = mesh.shape.get(MODEL, 1)
+    shape = getattr(x, "shape", ())
+    if size > 1 and len(shape) >= 2 and shape[-1] % size == 0:
+        return NamedSharding(mesh, P(*([None] * (len(shape) - 1)), MODEL))
+    return replicated(mesh)
+
+
+def shard_state(state: MetaState, mesh: Mesh) -> MetaState:
+    """Places a :class:`~jmeta.core.MetaState` on ``mesh``: replicated over ``"data"``, and with
+    weight matrices split over ``"model"`` when the mesh has a model axis (:func:`param_sharding`).
+
+    With a model axis of size 1 every leaf (step, parameters, optimizer state, PRNG key) is
+    :func:`replicated`. In a multi-process run every process must pass the same state (e.g. built
+    from the same seed).
 
     Example:
       >>> import optax
@@ -153,10 +172,17 @@ def shard_state(state: MetaState, mesh: Mesh) -> MetaState:
       >>> state.params["model"]["head"]["kernel"].sharding.is_fully_replicated
       True
     """
-    sharding = replicated(mesh)
-    if jax.process_count() == 1:
-        return jax.device_put(state, sharding)
-    return jax.tree.map(lambda x: _replicate_global(x, sharding), state)
+    def place(x):
+        sharding = param_sharding(x, mesh) if not _is_key(x) else replicated(mesh)
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        return _replicate_global(x, sharding)
+
+    return jax.tree.map(place, state)
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _replicate_global(x, sharding: NamedSharding):

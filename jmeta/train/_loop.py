@@ -271,13 +271,14 @@ def train(
     learner = build_learner(cfg, task)
     optimizer = build_optimizer(cfg)
     task_map = default_task_map(learner.family) if cfg.task_map == "auto" else cfg.task_map
-    step_fn = make_meta_step(
-        learner, optimizer, task_map=task_map, chunk_size=cfg.chunk_size or None,
-        sampler=task.train_sampler, batch_sharding=task_sharding(mesh) if sharded else None,
-    )
     state = init_state(learner, optimizer, _seed_key(cfg))
     if sharded:
         state = shard_state(state, mesh)
+    step_fn = make_meta_step(
+        learner, optimizer, task_map=task_map, chunk_size=cfg.chunk_size or None,
+        sampler=task.train_sampler, batch_sharding=task_sharding(mesh) if sharded else None,
+        state_sharding=jax.tree.map(lambda x: x.sharding, state) if sharded else None,
+    )
     ckpts = RunCheckpoints(run_dir / "checkpoints" / STEPS_DIR, keep=cfg.keep_checkpoints)
     start_step = 0
     history = []
