@@ -15,12 +15,13 @@ Writes benchmarks/results/<hardware>/memory.{json,md}.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from _common import commit as git_commit
+from _common import hardware_name
 
 import jax
 import jax.numpy as jnp
@@ -90,10 +91,10 @@ def main():
 
     if "--conv4" in sys.argv:
         rows = conv4_memory()
-        hw = f"cpu-{os.cpu_count()}core" if jax.default_backend() == "cpu" else jax.devices()[0].device_kind.lower().replace(" ", "-")
+        hw = hardware_name()
         out = Path(__file__).parent / "results" / hw
         out.mkdir(parents=True, exist_ok=True)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = git_commit()
         (out / "memory_conv4.json").write_text(json.dumps({"commit": commit, "rows": rows}, indent=2) + "\n")
         lines = [f"Second-order MAML, Conv-4 (64 filters), Omniglot-shaped 20-way 1-shot 15-query, "
                  f"meta-batch {TASKS} ({hw}, jax {jax.__version__}, commit {commit}).", "",
@@ -164,10 +165,10 @@ def main():
           "overhead_pct": 100 * (plain - saving) / plain}
     print(json.dumps(ck))
 
-    hw = f"cpu-{os.cpu_count()}core" if jax.default_backend() == "cpu" else jax.devices()[0].device_kind.lower().replace(" ", "-")
+    hw = hardware_name()
     out = Path(__file__).parent / "results" / hw
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     meta = {"hardware": hw, "jax": jax.__version__, "commit": commit, "date": time.strftime("%Y-%m-%d")}
     (out / "memory.json").write_text(json.dumps({"meta": meta, "remat": rows, "checkpoint": ck}, indent=2) + "\n")
     lines = [f"Second-order MAML, MLP 784-256-128-64-64, 20-way 1-shot 15-query, meta-batch {TASKS} "

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from _common import commit as git_commit
+from _common import hardware_name
 
 import jax
 import optax
@@ -95,10 +96,10 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    hw = f"cpu-{os.cpu_count()}core" if jax.default_backend() == "cpu" else jax.devices()[0].device_kind.lower().replace(" ", "-")
+    hw = hardware_name()
     out = Path(__file__).parent / "results" / hw
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     meta = {"hardware": hw, "jax": jax.__version__, "commit": commit, "date": time.strftime("%Y-%m-%d"),
             "omniglot_first_load_s": convert_s, "omniglot_cached_load_s": cached_s}
     (out / "samplers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

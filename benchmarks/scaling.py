@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from _common import commit as git_commit
+from _common import hardware_name
+
 CHILD = """
 import json, statistics, time, jax, optax
 from jmeta.algorithms import maml
@@ -54,10 +57,10 @@ def main():
         print(rows[-1], flush=True)
     import jax
 
-    hw = f"cpu-{os.cpu_count()}core" if jax.default_backend() == "cpu" else jax.devices()[0].device_kind.lower().replace(" ", "-")
+    hw = hardware_name()
     out_dir = Path(__file__).parent / "results" / hw
     out_dir.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     meta = {"hardware": hw, "jax": jax.__version__, "commit": commit, "date": time.strftime("%Y-%m-%d")}
     (out_dir / "scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [f"Sharded sinusoid MAML (5 inner steps, meta-batch 32) on {hw}, simulated devices "

@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from _common import commit as git_commit
+from _common import hardware_name
+
 # (name, algorithm, inner steps, task_map, chunk size, meta-batch, K)
 WORKLOADS = [
     ("maml-1step-vmap", "maml", 1, "vmap", 0, 25, 10),
@@ -38,15 +41,6 @@ WORKLOADS = [
     ("maml-1step-vmap-K20", "maml", 1, "vmap", 0, 25, 20),
     ("maml-1step-vmap-T128", "maml", 1, "vmap", 0, 128, 10),
 ]
-
-
-def hardware_name() -> str:
-    import jax
-
-    dev = jax.devices()[0]
-    if dev.platform == "cpu":
-        return f"cpu-{os.cpu_count()}core"
-    return dev.device_kind.lower().replace(" ", "-")
 
 
 def run_one(spec: list, steps: int, reps: int) -> dict:
@@ -121,8 +115,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"hardware": hw, "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True).stdout.strip()}
+            "commit": git_commit()}
     (out_dir / "sinusoid.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"Sinusoid meta-step on {hw} ({meta['cpu']}, jax {meta['jax']}, commit {meta['commit']}, "
