@@ -58,17 +58,15 @@ def timed(step, state, reps=5, n=3):
     return statistics.median(times), state
 
 
-def conv4_memory(tasks: int = 4, timed_steps=(1,)):
-    """Conv-4 (64 filters, max-pool, transductive BatchNorm) second-order MAML memory from the
-    compiled executable for 1..50 inner steps, with and without remat; step time where cheap."""
-    from jmeta.models import conv4
+STEPS = (1, 5, 10, 20, 50)
 
-    global TASKS
-    TASKS = tasks
-    model = conv4(1, WAYS, filters=64)
+
+def remat_rows(model, *, timed_steps=STEPS, reps=5, n=3):
+    """Compiled temporary memory of the second-order MAML step for each inner-step count, with
+    and without remat, and its median step time for the counts in ``timed_steps``."""
     tx = optax.adam(1e-3)
     rows = []
-    for steps in (1, 5, 10, 20, 50):
+    for steps in STEPS:
         for remat in (False, True):
             learner = maml(model, 0.1, steps, loss_fn=cross_entropy_loss, remat=remat)
             step = make_meta_step(learner, tx, sampler=batch)
@@ -78,57 +76,28 @@ def conv4_memory(tasks: int = 4, timed_steps=(1,)):
             compile_s = time.perf_counter() - t
             mem = compiled.memory_analysis()
             row = {"inner_steps": steps, "remat": remat, "temp_mb": mem.temp_size_in_bytes / 2**20,
-                   "compile_s": compile_s, "meta_batch": tasks}
+                   "argument_mb": mem.argument_size_in_bytes / 2**20, "compile_s": compile_s,
+                   "meta_batch": TASKS}
             if steps in timed_steps:
-                row["step_ms"] = 1000 * timed(compiled, state, reps=2, n=1)[0]
+                row["step_ms"] = 1000 * timed(compiled, state, reps=reps, n=n)[0]
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
 
 
-def main():
-    import sys
+def remat_table(rows, title: str) -> list[str]:
+    lines = [title, "", "| inner steps | temp memory (MB) | with remat (MB) | step (ms) | with remat (ms) |",
+             "|---|---|---|---|---|"]
+    for steps in STEPS:
+        a, b = (next(r for r in rows if r["inner_steps"] == steps and r["remat"] == m) for m in (False, True))
+        ta, tb = (f"{r['step_ms']:.0f}" if "step_ms" in r else "-" for r in (a, b))
+        lines.append(f"| {steps} | {a['temp_mb']:.0f} | {b['temp_mb']:.0f} | {ta} | {tb} |")
+    return lines
 
-    if "--conv4" in sys.argv:
-        rows = conv4_memory()
-        hw = hardware_name()
-        out = Path(__file__).parent / "results" / hw
-        out.mkdir(parents=True, exist_ok=True)
-        commit = git_commit()
-        (out / "memory_conv4.json").write_text(json.dumps({"commit": commit, "rows": rows}, indent=2) + "\n")
-        lines = [f"Second-order MAML, Conv-4 (64 filters), Omniglot-shaped 20-way 1-shot 15-query, "
-                 f"meta-batch {TASKS} ({hw}, jax {jax.__version__}, commit {commit}).", "",
-                 "| inner steps | temp memory (MB) | with remat (MB) | step (ms) | with remat (ms) |",
-                 "|---|---|---|---|---|"]
-        for steps in (1, 5, 10, 20, 50):
-            a = next(r for r in rows if r["inner_steps"] == steps and not r["remat"])
-            b = next(r for r in rows if r["inner_steps"] == steps and r["remat"])
-            ta = f"{a['step_ms']:.0f}" if "step_ms" in a else "-"
-            tb = f"{b['step_ms']:.0f}" if "step_ms" in b else "-"
-            lines.append(f"| {steps} | {a['temp_mb']:.0f} | {b['temp_mb']:.0f} | {ta} | {tb} |")
-        (out / "memory_conv4.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
-        return
-    model = flatten_inputs(mlp(784, WAYS, hidden=(256, 128, 64, 64)))
+
+def checkpoint_cost(model):
+    """Blocking and total time of an asynchronous save, and the step rate with and without saves."""
     tx = optax.adam(1e-3)
-    rows = []
-    for steps in (1, 5, 10, 20, 50):
-        for remat in (False, True):
-            learner = maml(model, 0.1, steps, loss_fn=cross_entropy_loss, remat=remat)
-            step = make_meta_step(learner, tx, sampler=batch)
-            state = init_state(learner, tx, jax.random.key(0))
-            t = time.perf_counter()
-            compiled = step.lower(state).compile()
-            compile_s = time.perf_counter() - t
-            mem = compiled.memory_analysis()
-            sec, _ = timed(compiled, state)
-            row = {"inner_steps": steps, "remat": remat, "temp_mb": mem.temp_size_in_bytes / 2**20,
-                   "argument_mb": mem.argument_size_in_bytes / 2**20, "step_ms": 1000 * sec,
-                   "compile_s": compile_s}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-
-    # Checkpoint cost.
     learner = maml(model, 0.1, 1, loss_fn=cross_entropy_loss)
     step = make_meta_step(learner, tx, sampler=batch)
     state = init_state(learner, tx, jax.random.key(0))
@@ -164,21 +133,35 @@ def main():
           "checkpoint_mb": size_mb, "steps_per_sec_no_saves": plain, "steps_per_sec_save_every_20": saving,
           "overhead_pct": 100 * (plain - saving) / plain}
     print(json.dumps(ck))
+    return ck
 
-    hw = hardware_name()
+
+
+def main():
+    import sys
+
+    hw, commit = hardware_name(), git_commit()
     out = Path(__file__).parent / "results" / hw
     out.mkdir(parents=True, exist_ok=True)
-    commit = git_commit()
     meta = {"hardware": hw, "jax": jax.__version__, "commit": commit, "date": time.strftime("%Y-%m-%d")}
+    if "--conv4" in sys.argv:
+        from jmeta.models import conv4
+
+        global TASKS
+        TASKS = 4
+        rows = remat_rows(conv4(1, WAYS, filters=64), timed_steps=(1,), reps=2, n=1)
+        (out / "memory_conv4.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        lines = remat_table(rows, f"Second-order MAML, Conv-4 (64 filters), Omniglot-shaped 20-way 1-shot "
+                                  f"15-query, meta-batch {TASKS} ({hw}, jax {jax.__version__}, commit {commit}).")
+        (out / "memory_conv4.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
+    model = flatten_inputs(mlp(784, WAYS, hidden=(256, 128, 64, 64)))
+    rows = remat_rows(model)
+    ck = checkpoint_cost(model)
     (out / "memory.json").write_text(json.dumps({"meta": meta, "remat": rows, "checkpoint": ck}, indent=2) + "\n")
-    lines = [f"Second-order MAML, MLP 784-256-128-64-64, 20-way 1-shot 15-query, meta-batch {TASKS} "
-             f"({hw}, jax {jax.__version__}, commit {commit}, {meta['date']}).", "",
-             "| inner steps | temp memory (MB) | with remat (MB) | step (ms) | with remat (ms) |",
-             "|---|---|---|---|---|"]
-    for steps in (1, 5, 10, 20, 50):
-        a = next(r for r in rows if r["inner_steps"] == steps and not r["remat"])
-        b = next(r for r in rows if r["inner_steps"] == steps and r["remat"])
-        lines.append(f"| {steps} | {a['temp_mb']:.0f} | {b['temp_mb']:.0f} | {a['step_ms']:.0f} | {b['step_ms']:.0f} |")
+    lines = remat_table(rows, f"Second-order MAML, MLP 784-256-128-64-64, 20-way 1-shot 15-query, meta-batch "
+                              f"{TASKS} ({hw}, jax {jax.__version__}, commit {commit}, {meta['date']}).")
     lines += ["", f"Checkpoint of the MetaState ({ck['checkpoint_mb']:.1f} MB): asynchronous save blocks "
               f"the loop for {ck['save_blocking_ms']:.0f} ms, finishes writing in {ck['save_total_ms']:.0f} ms; "
               f"step rate {ck['steps_per_sec_no_saves']:.1f}/s without saves, "
