@@ -7,3 +7,10 @@ from jmeta.models._mlp import mlp as mlp
 from jmeta.models._functional import with_compute_dtype as with_compute_dtype
 from jmeta.models._conv4 import Conv4 as Conv4
 from jmeta.models._conv4 import conv4 as conv4
+from jmeta.models._functional import BN_MODES as BN_MODES
+from jmeta.models._functional import max_pool_2x2 as max_pool_2x2
+from jmeta.models._resnet12 import ResNet12 as ResNet12
+from jmeta.models._resnet12 import resnet12 as resnet12
+from jmeta.models._batchnorm import batch_stat_mask as batch_stat_mask
+from jmeta.models._batchnorm import estimate_batch_stats as estimate_batch_stats
+from jmeta.models._batchnorm import eval_apply_of as eval_apply_of

@@ -5,18 +5,16 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from jmeta.models._functional import Model, from_nnx
-
-BN_MODES = ("transductive",)
+from jmeta.models._functional import BN_MODES, Model, from_nnx, max_pool_2x2
 
 
 class Conv4(nnx.Module):
     """4 x [3x3 conv, BatchNorm, ReLU, 2x2 max-pool], then a linear head (or none: embeddings).
 
     ``strided=True`` replaces max-pooling by stride-2 convolutions (MAML's Omniglot network).
-    BatchNorm uses the batch statistics of the examples it sees (``"transductive"``: the
-    support set while adapting, the query set when scoring, as MAML did); running statistics
-    arrive with the few-shot classification suite.
+    The module's BatchNorm layers use the batch statistics of the examples they see; whether
+    stored population statistics are used at test time is chosen by :func:`conv4`'s
+    ``bn_mode``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -45,7 +43,7 @@ class Conv4(nnx.Module):
         for i in range(4):
             x = jax.nn.relu(getattr(self, f"bn_{i}")(getattr(self, f"conv_{i}")(x)))
             if not self.strided:
-                x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
         x = x.reshape(x.shape[0], -1)
         return self.head(x) if self.head is not None else x
 
@@ -57,17 +55,24 @@ def conv4(in_channels: int = 1, out_features: int | None = 5, *, filters: int = 
     ``out_features=None`` gives the embedding network (ProtoNets). ``filters=32`` is MAML's
     miniImageNet variant, ``strided=True`` its Omniglot variant.
 
+    ``bn_mode="transductive"`` (MAML's choice): BatchNorm normalises with the statistics of
+    whatever batch the network sees, in training and at test time (the support set while
+    adapting, the query set when scoring); ``eval_apply`` is None. ``bn_mode="running"``:
+    ``apply`` (training) uses batch statistics, ``eval_apply`` (test) uses the ``mean``/``var``
+    leaves stored in the parameters, which :func:`jmeta.models.estimate_batch_stats` sets.
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> model = conv4(1, 5, filters=8)
       >>> params = model.init(jax.random.key(0))
       >>> model.apply(params, jnp.ones((4, 28, 28, 1))).shape
       (4, 5)
+      >>> running = conv4(1, 5, filters=8, bn_mode="running")
+      >>> sorted(running.init(jax.random.key(0))["bn_0"])
+      ['bias', 'mean', 'scale', 'var']
     """
     if bn_mode not in BN_MODES:
-        raise NotImplementedError(
-            f"bn_mode={bn_mode!r}: only {BN_MODES} is available (batch statistics of the episode)."
-        )
+        raise ValueError(f"conv4: unknown bn_mode={bn_mode!r}; choose one of {BN_MODES}.")
     if filters < 1 or in_channels < 1 or image_size < 16:
         raise ValueError(
             f"conv4: filters and in_channels must be positive and image_size >= 16 (four 2x "
@@ -77,5 +82,5 @@ def conv4(in_channels: int = 1, out_features: int | None = 5, *, filters: int = 
         lambda rngs: Conv4(in_channels, out_features, filters=filters, strided=strided,
                            image_size=image_size, rngs=rngs),
         family="conv",
-        batch_stats="transductive",
+        batch_stats=bn_mode,
     )

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.dtypes import canonicalize_dtype
 
 from jmeta.core._types import Params, PRNGKey
 
 FAMILIES = ("dense", "conv")
+BN_MODES = ("transductive", "running")
+"""BatchNorm modes: batch statistics everywhere, or batch statistics in training and stored
+population statistics at test time."""
 
 
 class Model(NamedTuple):
@@ -18,13 +24,53 @@ class Model(NamedTuple):
     Attributes:
       init: ``key -> params``, a nested dict of arrays (plain pytree, checkpoint-friendly).
       apply: ``(params, x) -> outputs`` for one batch of inputs; pure, safe inside ``jit``,
-        ``vmap``, ``grad`` and ``lax.scan``.
+        ``vmap``, ``grad`` and ``lax.scan``. This is the training-mode function: BatchNorm
+        layers, if any, normalise with the statistics of the batch ``x``.
       family: ``"dense"`` or ``"conv"``; chooses the default task-mapping strategy.
+      eval_apply: ``None``, or the test-mode function ``(params, x) -> outputs`` of a model whose
+        BatchNorm layers normalise with the population statistics stored in ``params`` (the
+        ``mean`` and ``var`` leaves beside each BatchNorm's ``scale`` and ``bias``). Use
+        :func:`jmeta.models.eval_apply_of` to get it with ``apply`` as the fallback.
+      stats_apply: ``None``, or ``(params, x) -> stats``: the per-BatchNorm batch statistics
+        (biased variance, float32) of one training-mode forward pass, as a nested dict with
+        the paths of the ``mean``/``var`` leaves of ``params``; used by
+        :func:`jmeta.models.estimate_batch_stats`.
     """
 
     init: Callable[[PRNGKey], Params]
     apply: Callable[[Params, jax.Array], jax.Array]
     family: str
+    eval_apply: Callable[[Params, jax.Array], jax.Array] | None = None
+    stats_apply: Callable[[Params, jax.Array], Params] | None = None
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling with stride 2 of ``[..., H, W, C]`` inputs, dropping an odd last row/column.
+
+    Equal to ``nnx.max_pool(x, (2, 2), strides=(2, 2))`` (``"VALID"`` padding), written as a
+    reshape and a max, whose backward pass is cheaper than that of ``reduce_window``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.arange(25.0).reshape(1, 5, 5, 1)
+      >>> max_pool_2x2(x)[0, :, :, 0].tolist()
+      [[6.0, 8.0], [16.0, 18.0]]
+    """
+    *lead, h, w, c = x.shape
+    if h < 2 or w < 2:
+        raise ValueError(
+            f"max_pool_2x2: height and width must be at least 2; got input shape {x.shape}.")
+    h2, w2 = h // 2, w // 2
+    x = x[..., : 2 * h2, : 2 * w2, :]
+    return x.reshape(*lead, h2, 2, w2, 2, c).max(axis=(-4, -2))
+
+
+def _bn_promote(args, /, *, dtype=None, inexact=True):
+    # nnx.BatchNorm promotes (x, mean, var, scale, bias) together: float32 statistics would turn
+    # a bfloat16 computation into float32 from the first BatchNorm on. Follow x, scale and bias.
+    x, _, _, scale, bias = args
+    dtype = canonicalize_dtype(x, scale, bias, dtype=dtype, inexact=inexact)
+    return tuple(None if a is None else jnp.asarray(a, dtype) for a in args)
 
 
 def from_nnx(
@@ -39,8 +85,14 @@ def from_nnx(
     merges that graph with the given parameters inside the traced function, so the module is
     never mutated and no state leaks out of a jitted inner loop.
 
-    Modules with BatchNorm need ``batch_stats="transductive"``: normalisation uses the statistics
-    of each batch it sees, and running averages are neither used nor kept.
+    Modules with BatchNorm (built with ``use_running_average=False``) need ``batch_stats``:
+
+    * ``"transductive"``: normalisation uses the statistics of each batch it sees, in training
+      and at test time; running averages are neither used nor kept (``eval_apply`` is None).
+    * ``"running"``: the parameters also hold each BatchNorm's ``mean`` and ``var`` (initialised
+      0 and 1). ``apply`` normalises with batch statistics and ignores them (their gradient is
+      zero); ``eval_apply`` normalises with them; ``stats_apply`` returns the batch statistics
+      that :func:`jmeta.models.estimate_batch_stats` averages into them.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -49,16 +101,27 @@ def from_nnx(
       >>> params = model.init(jax.random.key(0))
       >>> model.apply(params, jnp.ones((4, 3))).shape
       (4, 2)
+      >>> bn = from_nnx(lambda rngs: nnx.BatchNorm(2, use_running_average=False, rngs=rngs),
+      ...               batch_stats="running")
+      >>> sorted(bn.init(jax.random.key(0)))
+      ['bias', 'mean', 'scale', 'var']
     """
     if family not in FAMILIES:
         raise ValueError(f"Unknown model family {family!r}; choose one of {FAMILIES}.")
+    if batch_stats is not None and batch_stats not in BN_MODES:
+        raise ValueError(
+            f"from_nnx: unknown batch_stats={batch_stats!r}; choose one of {BN_MODES} or None.")
     abstract = nnx.eval_shape(lambda: make_module(nnx.Rngs(0)))
+    abstract = nnx.with_attributes(abstract, only=nnx.BatchNorm, promote_dtype=_bn_promote,
+                                   raise_if_not_found=False)
+    if batch_stats == "running":
+        return _from_nnx_running(make_module, abstract, family)
     graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest) and batch_stats != "transductive":
         raise NotImplementedError(
             "from_nnx supports modules whose only state is nnx.Param for now; this module also "
             f"holds {jax.tree.map(lambda x: x.shape, rest)}; for BatchNorm pass "
-            "batch_stats='transductive'."
+            "batch_stats='transductive' or batch_stats='running'."
         )
 
     def init(key: PRNGKey) -> Params:
@@ -74,11 +137,57 @@ def from_nnx(
     return Model(init=init, apply=apply, family=family)
 
 
+def _from_nnx_running(make_module, abstract, family: str) -> Model:
+    kept = (nnx.Param, nnx.BatchStat)
+    graphdef, _, rest = nnx.split(abstract, kept, ...)
+    if jax.tree.leaves(rest):
+        _, _, rest = nnx.split(make_module(nnx.Rngs(0)), kept, ...)  # concrete constants
+    eval_def, _, _ = nnx.split(
+        nnx.view(abstract, use_running_average=True, raise_if_not_found=False), kept, ...)
+    # Momentum 0 makes the "running average" written by one forward pass the batch statistics.
+    stats_def, _, _ = nnx.split(
+        nnx.with_attributes(abstract, only=nnx.BatchNorm, momentum=0.0, raise_if_not_found=False),
+        kept, ...)
+    stat_paths = frozenset(
+        path for path, _ in jax.tree_util.tree_flatten_with_path(
+            nnx.to_pure_dict(nnx.state(abstract, nnx.BatchStat)))[0])
+
+    def map_stats(fn, params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, v: fn(v) if path in stat_paths else v, params)
+
+    def at_least_f32(v):  # the discarded running-average update is written in float32
+        return v.astype(jnp.promote_types(v.dtype, jnp.float32))
+
+    def init(key: PRNGKey) -> Params:
+        _, params, _ = nnx.split(make_module(nnx.Rngs(key)), kept, ...)
+        return nnx.to_pure_dict(params)
+
+    def apply(params: Params, x: jax.Array) -> jax.Array:
+        params = map_stats(lambda v: at_least_f32(jax.lax.stop_gradient(v)), params)
+        return nnx.merge(graphdef, params, rest, copy=True)(x)
+
+    def eval_apply(params: Params, x: jax.Array) -> jax.Array:
+        return nnx.merge(eval_def, params, rest, copy=True)(x)
+
+    def stats_apply(params: Params, x: jax.Array) -> Params:
+        params = map_stats(lambda v: jnp.zeros(v.shape, jnp.promote_types(v.dtype, jnp.float32)),
+                           jax.lax.stop_gradient(params))
+        module = nnx.merge(stats_def, params, rest, copy=True)
+        module(x)
+        stats = nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
+        return jax.tree.map(lambda s: s.astype(jnp.float32), stats)
+
+    return Model(init=init, apply=apply, family=family, eval_apply=eval_apply,
+                 stats_apply=stats_apply)
+
+
 def with_compute_dtype(model: Model, dtype) -> Model:
     """The same model computing in ``dtype`` (e.g. bfloat16) from float32 master parameters.
 
-    Parameters and inputs are cast inside ``apply`` and outputs cast back to float32, so the
-    parameters, their gradients, inner-loop updates and optimizer state all stay float32.
+    Parameters and inputs are cast inside ``apply`` (and ``eval_apply``, ``stats_apply`` when
+    present) and outputs cast back to float32, so the parameters, their gradients, inner-loop
+    updates, optimizer state and BatchNorm statistics all stay float32.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -88,12 +197,17 @@ def with_compute_dtype(model: Model, dtype) -> Model:
       >>> params["head"]["kernel"].dtype, model.apply(params, jnp.ones((3, 1))).dtype
       (dtype('float32'), dtype('float32'))
     """
-    import jax.numpy as jnp
-
     dtype = jnp.dtype(dtype)
 
-    def apply(params, x):
-        cast = jax.tree.map(lambda p: p.astype(dtype), params)
-        return model.apply(cast, x.astype(dtype)).astype(jnp.float32)
+    def cast(fn):
+        if fn is None:
+            return None
 
-    return Model(init=model.init, apply=apply, family=model.family)
+        def wrapped(params, x):
+            low = jax.tree.map(lambda p: p.astype(dtype), params)
+            return jax.tree.map(lambda y: y.astype(jnp.float32), fn(low, x.astype(dtype)))
+
+        return wrapped
+
+    return model._replace(apply=cast(model.apply), eval_apply=cast(model.eval_apply),
+                          stats_apply=cast(model.stats_apply))
