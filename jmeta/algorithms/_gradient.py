@@ -247,3 +247,46 @@ def anil(
         metric_fn=metric_fn,
         name="anil",
     )
+
+
+def boil(
+    model: Model,
+    inner_lr: float = 0.01,
+    num_steps: int = 1,
+    *,
+    head: str = "head",
+    loss_fn: LossFn = mse_loss,
+    first_order: bool = False,
+    remat: bool = False,
+    rule: InnerRule | None = None,
+    metric_fn: MetricFn | None = None,
+) -> MetaLearner:
+    """BOIL (Oh et al. 2021): MAML that adapts only the body; the head stays at its meta-learned value.
+
+    The mirror image of :func:`anil`: the inner loop updates every parameter whose path does not
+    start with ``head`` (the classifier), so adaptation must move the features towards the fixed
+    decision boundaries.
+
+    Example:
+      >>> import jax
+      >>> from jmeta.core import Batch
+      >>> from jmeta.models import mlp
+      >>> learner = boil(mlp(2, 1, hidden=(4,)), inner_lr=0.1)
+      >>> meta = learner.init(jax.random.key(0))
+      >>> support = Batch(jax.numpy.ones((3, 2)), jax.numpy.zeros((3, 1)))
+      >>> adapted, _ = learner.adapt(meta, support)
+      >>> bool((adapted["head"]["kernel"] == meta["model"]["head"]["kernel"]).all())
+      True
+    """
+    prefix = head.rstrip("/") + "/"
+    return gradient_learner(
+        model,
+        rule if rule is not None else sgd(inner_lr),
+        num_steps,
+        loss_fn=loss_fn,
+        first_order=first_order,
+        remat=remat,
+        adapt_filter=lambda path: not (path + "/").startswith(prefix),
+        metric_fn=metric_fn,
+        name="boil",
+    )

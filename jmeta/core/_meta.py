@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -147,6 +148,10 @@ class MetaLearner(NamedTuple):
         adaptation; for Reptile it is ``meta_params - adapted_params``.
       family: model family (``"dense"`` or ``"conv"``), used to choose the task-mapping default.
       num_steps: the number of inner steps used in training.
+      uses_step: when ``True``, ``task_grad`` also receives the meta-step counter as
+        ``task_grad(meta_params, episode, key, step)`` (a traced int32 scalar, the same for all
+        tasks): for schedules inside the meta-gradient, such as MAML++'s loss weights and
+        derivative-order annealing.
     """
 
     init: Callable[[PRNGKey], Params]
@@ -155,6 +160,7 @@ class MetaLearner(NamedTuple):
     task_grad: Callable[[Params, Episode, PRNGKey], tuple[Params, dict]]
     family: str
     num_steps: int
+    uses_step: bool = False
 
 
 def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, key: PRNGKey) -> MetaState:
@@ -191,8 +197,11 @@ def meta_step_fn(
     def step(state: MetaState, batch: TaskBatch) -> tuple[MetaState, dict]:
         rng, task_key = jax.random.split(state.rng)
         keys = jax.random.split(task_key, num_tasks(batch))
+        task_grad = learner.task_grad
+        if learner.uses_step:
+            task_grad = functools.partial(learner.task_grad, step=state.step)
         grads, metrics = map_tasks(
-            learner.task_grad, state.params, batch, keys, strategy=strategy, chunk_size=chunk_size
+            task_grad, state.params, batch, keys, strategy=strategy, chunk_size=chunk_size
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

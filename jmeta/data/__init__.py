@@ -22,3 +22,4 @@ from jmeta.data._samplers import HostSampler as HostSampler
 from jmeta.data._samplers import device_sampler as device_sampler
 from jmeta.data._sinusoid import sinusoid_sampler as sinusoid_sampler
 from jmeta.data._sinusoid import sinusoid_tasks as sinusoid_tasks
+from jmeta.data._class_batches import class_batch_sampler as class_batch_sampler
