@@ -1,33 +1,54 @@
-"""Prototypical Networks on Omniglot 20-way training, tested 5-way and 20-way 1-shot.
+"""Prototypical Networks on Omniglot (Snell, Swersky & Zemel, NeurIPS 2017, Table 1).
 
-Paper: Snell, Swersky & Zemel, "Prototypical Networks for Few-shot Learning", NeurIPS 2017,
-Table 1 (Omniglot, Vinyals split): 5-way 1-shot 98.8 %, 20-way 1-shot 96.0 %.
+Paper (Omniglot, Vinyals split, 1000 test episodes):
+    5w1s 98.8    5w5s 99.7    20w1s 96.0    20w5s 98.9
 Protocol: Vinyals split (rotations as classes), 28x28; Conv-4 (64 filters, max-pool) embedding,
-squared Euclidean distance; trained 20-way 1-shot (the paper used 60-way episodes), 15 queries per
-class; one episode per step; Adam 1e-3; meta-test on 1000 episodes of the test classes.
-BatchNorm: batch statistics of each set (transductive).
+squared Euclidean distance; trained with 60-way episodes of K shots and 5 queries per class, tested
+with N-way K-shot episodes (15 queries per class); one episode per step; Adam 1e-3, halved every
+2000 episodes; 20,000 episodes; best checkpoint on validation classes (tested like the row); 1000
+test episodes of the test classes. BatchNorm: batch statistics of each set (transductive); the
+paper used running statistics at test.
 
-Command:  jmeta train configs/omniglot_protonets.py --data-dir ../shared/data
-Test 5-way: jmeta eval RUN_DIR (the config's ways) after training with ways=5, or train ways=20
+Rows:    jmeta train configs/omniglot_protonets.py:5w1s   (5w5s, 20w1s, 20w5s)
+CPU:     jmeta train configs/omniglot_protonets.py:5w1s,runlocal
+Make:    make reproduce-omniglot_protonets-5w1s
+Test a trained run on other ways:  jmeta eval RUN_DIR --ways 20
 """
 
+ROWS = {
+    "5w1s": dict(eval_ways=5, k_shot=1, paper=(98.8,)),
+    "5w5s": dict(eval_ways=5, k_shot=5, paper=(99.7,)),
+    "20w1s": dict(eval_ways=20, k_shot=1, paper=(96.0,)),
+    "20w5s": dict(eval_ways=20, k_shot=5, paper=(98.9,)),
+}
+PAPER = "Snell et al. 2017, Table 1"
 
-def get_config():
+
+def get_config(arg="5w1s"):
+    arg = arg or "5w1s"
+    row = dict(ROWS[arg])
+    paper = row.pop("paper")
     return dict(
-        name="omniglot_protonets",
+        name=f"omniglot_protonets-{arg}",
         task="omniglot",
         algorithm="protonets",
         model="conv4",
         filters=64,
-        ways=20,
-        k_shot=1,
-        k_query=15,
+        ways=60,
+        k_query=5,
+        eval_k_query=15,
         meta_batch_size=1,
         meta_lr=1e-3,
+        lr_schedule="step",
+        lr_decay_every=2000,
+        lr_decay_rate=0.5,
         num_steps=20_000,
         log_every=100,
         save_every=1000,
+        val_tasks=200,
         eval_tasks=1000,
         eval_steps=(1,),
-        val_tasks=100,
+        paper_result=paper,
+        paper_source=PAPER,
+        **row,
     )

@@ -11,6 +11,7 @@ from jmeta import data as data
 from jmeta import distributed as distributed
 from jmeta import inner as inner
 from jmeta import models as models
+from jmeta._api import load as load
 from jmeta.core import Batch as Batch
 from jmeta.core import Episode as Episode
 from jmeta.core import MetaState as MetaState

@@ -1,4 +1,5 @@
-"""The ``jmeta`` command: ``jmeta train CONFIG [key=value ...]`` and ``jmeta eval RUN_DIR``."""
+"""The ``jmeta`` command: ``jmeta train CONFIG [key=value ...]``, ``jmeta eval RUN_DIR``,
+``jmeta predict RUN_DIR --support DIR --query DIR`` and ``jmeta data``."""
 
 from __future__ import annotations
 
@@ -33,6 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-baseline", action="store_true", help="skip the pretrained baseline")
     e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
     e.add_argument("--data-dir", help="dataset folder, if it moved since training")
+    e.add_argument("--checkpoint", default="best",
+                   help="'best' (best validation score, default), 'final', or a step number")
+    e.add_argument("--ways", type=int, help="test with N-way episodes (metric-based learners)")
+    e.add_argument("--shots", type=int, help="test with K-shot episodes")
+    e.add_argument("--queries", type=int, help="query examples per class in the test episodes")
+
+    r = sub.add_parser("predict", help="adapt a trained run to a support folder, label a query folder")
+    r.add_argument("run_dir")
+    r.add_argument("--support", required=True,
+                   help="folder with one subfolder of images per class (the subfolder names are the labels)")
+    r.add_argument("--query", required=True, help="folder (or single image file) of images to label")
+    r.add_argument("--steps", type=int, help="inner steps (default: the config's test-time steps)")
+    r.add_argument("--checkpoint", default="best", help="'best' (default), 'final' or a step")
+    r.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
+
+    w = sub.add_parser("rows", help="list the published rows the configs reproduce (make targets)")
+    w.add_argument("--configs", default="configs", help="config folder (default: configs)")
 
     d = sub.add_parser("data", help="download or verify a dataset's official archives")
     d.add_argument("action", choices=("download", "verify"))
@@ -60,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "data":
         return _data(args)
+    if args.command == "predict":
+        return _predict(args)
+    if args.command == "rows":
+        return _rows(args)
     try:
         if args.command == "train":
             overrides = list(args.overrides)
@@ -89,12 +111,87 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_table(evaluate(run_dir)))
         else:
             steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
+            checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
+            if checkpoint not in ("best", "final") and not isinstance(checkpoint, int):
+                raise ConfigError(f"--checkpoint must be best, final or a step; got {args.checkpoint!r}.")
             ev = evaluate(args.run_dir, num_tasks=args.tasks, steps=steps, baseline=not args.no_baseline,
-                          data_dir=args.data_dir)
+                          data_dir=args.data_dir, checkpoint=checkpoint, ways=args.ways,
+                          k_shot=args.shots, queries=args.queries)
             print(json.dumps(ev, indent=2) if args.json else format_table(ev))
     except (ConfigError, FileNotFoundError) as err:
         print(f"jmeta: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _rows(args) -> int:
+    """``jmeta rows``: every published row of the configs, with its make target and paper number."""
+    from jmeta.train._config import config_rows
+
+    rows = config_rows(args.configs)
+    if not rows:
+        print(f"jmeta: error: no config in {args.configs} defines ROWS.", file=sys.stderr)
+        return 2
+    print(f"{'make target':<46} {'paper':<16} source")
+    for row in rows:
+        paper = row["paper"]
+        cell = "-" if not paper else (f"{paper[0]}" + (f" +- {paper[1]}" if len(paper) > 1 else ""))
+        print(f"{'reproduce-' + row['config'] + '-' + row['row']:<46} {cell:<16} {row['source']}")
+    return 0
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from jmeta.data._loaders import _image_extensions
+
+    exts = _image_extensions()
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts)
+
+
+def _predict(args) -> int:
+    """``jmeta predict``: CSV (file, label, probability of each class) on stdout."""
+    support, query = Path(args.support), Path(args.query)
+    problems = []
+    if not support.is_dir():
+        problems.append(f"--support {support} is not a folder (expected <support>/<label>/<images>)")
+    if not query.exists():
+        problems.append(f"--query {query} does not exist")
+    if problems:
+        print("jmeta: error: " + "; ".join(problems) + ".", file=sys.stderr)
+        return 2
+    files, labels = [], []
+    for c in sorted(p for p in support.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = _image_files(c)
+        files += found
+        labels += [c.name] * len(found)
+    queries = [query] if query.is_file() else _image_files(query)
+    if not files or not queries:
+        what = "support class subfolders with images" if not files else "query images"
+        print(f"jmeta: error: found no {what} (extensions PIL reads: .png, .jpg, ...).", file=sys.stderr)
+        return 2
+    import jmeta
+
+    checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
+    try:
+        learner = jmeta.load(args.run_dir, checkpoint=checkpoint)
+        adapted = learner.adapt(files, labels, num_steps=args.steps)
+        probs = adapted.predict_proba(queries)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"jmeta: error: {err}", file=sys.stderr)
+        return 2
+    names = adapted.labels
+    if args.json:
+        for f, p in zip(queries, probs):
+            row = {"file": str(f), "label": names[int(p.argmax())],
+                   "probabilities": {str(n): round(float(v), 6) for n, v in zip(names, p)}}
+            print(json.dumps(row))
+        return 0
+    import csv
+
+    out = csv.writer(sys.stdout)
+    out.writerow(["file", "label"] + [f"p({n})" for n in names])
+    for f, p in zip(queries, probs):
+        out.writerow([str(f), names[int(p.argmax())]] + [f"{float(v):.6f}" for v in p])
     return 0
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jmeta.train import Config, ConfigError, NonFiniteLossError, train
+from jmeta.train import Config, ConfigError, NonFiniteLossError, evaluate, train
 from jmeta.train._checkpoint import RunCheckpoints
 from jmeta.train._loop import load_meta_params
 
@@ -182,3 +182,23 @@ def test_sigterm_saves_and_exits_cleanly(cli_reference, tmp_path):
     done = subprocess.run(_cli(run), env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     _assert_identical(cli_reference, run)
+
+
+def test_evaluation_tests_the_best_validation_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(Config(**dict(BASE, num_steps=60, save_every=10, keep_checkpoints=1)), run, progress=False)
+    ckpts = RunCheckpoints(run / "checkpoints" / "steps")
+    best, score = ckpts.best_step(), ckpts.val_score(ckpts.best_step())
+    ckpts.close()
+    ev = evaluate(run, num_tasks=20, steps=(1,), baseline=False)
+    assert (ev["checkpoint"], ev["checkpoint_step"], ev["val_score"]) == ("best", best, score)
+    same = evaluate(run, num_tasks=20, steps=(1,), baseline=False, checkpoint=best)
+    assert same["results"] == ev["results"]
+    final = evaluate(run, num_tasks=20, steps=(1,), baseline=False, checkpoint="final")
+    assert final["checkpoint"] == "final" and final["checkpoint_step"] == 60
+    if best != 60:
+        assert final["results"] != ev["results"]
+    with pytest.raises(ConfigError, match="no checkpoint at step 7"):
+        evaluate(run, num_tasks=20, checkpoint=7)
+    with pytest.raises(ConfigError, match="cannot be tested 3-way"):
+        evaluate(run, num_tasks=20, ways=3)

@@ -17,6 +17,32 @@ def test_every_shipped_config_loads_and_carries_its_provenance(path):
     assert cfg.eval_tasks >= 600
 
 
+def _rows():
+    from jmeta.train._config import config_rows
+
+    return [(r["config"], r["row"]) for r in config_rows(ROOT / "configs")]
+
+
+@pytest.mark.parametrize("config,row", _rows(), ids=lambda v: str(v))
+def test_every_published_row_loads_and_shrinks_for_a_cpu(config, row):
+    path = ROOT / "configs" / f"{config}.py"
+    cfg = load_config(f"{path}:{row}")
+    ways, shots = (int(v) for v in row.rstrip("s").split("w"))
+    assert ((cfg.eval_ways or cfg.ways), cfg.k_shot) == (ways, shots)
+    assert cfg.name == f"{config}-{row}" and cfg.eval_tasks >= 1000
+    assert cfg.paper_source or not cfg.paper_result
+    local = load_config(f"{path}:{row},runlocal")
+    assert local.num_steps <= 100 and local.meta_batch_size <= 4 and local.name.endswith("-runlocal")
+    assert (local.algorithm, local.model, local.ways, local.k_shot) == (cfg.algorithm, cfg.model, cfg.ways, cfg.k_shot)
+
+
+def test_rows_are_errors_when_unknown_or_unsupported(tmp_path):
+    with pytest.raises(ConfigError, match="unknown row '7w1s'; its rows are: 5w1s, 5w5s, 20w1s, 20w5s"):
+        load_config(ROOT / "configs/omniglot_maml.py:7w1s")
+    with pytest.raises(ConfigError, match="takes no argument"):
+        load_config(ROOT / "configs/sinusoid_maml.py:5w1s")
+
+
 def test_overrides_are_typed_and_applied():
     cfg = load_config(ROOT / "configs/sinusoid_maml.py", ["k_shot=5", "meta_lr=3e-4", "remat=true"])
     assert (cfg.k_shot, cfg.meta_lr, cfg.remat) == (5, 3e-4, True)

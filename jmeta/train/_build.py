@@ -18,13 +18,16 @@ from jmeta.core._losses import accuracy, cross_entropy_loss
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import PRNGKey, TaskBatch
 from jmeta.data._dataset import ClassDataset
+from jmeta.data._class_batches import class_batch_sampler
 from jmeta.data._samplers import HostSampler, device_sampler
 from jmeta.data._sinusoid import sinusoid_sampler, sinusoid_tasks
 from jmeta.inner._rules import from_optax, lslr, sgd
 from jmeta.models._functional import Model, with_compute_dtype
 from jmeta.models._conv4 import conv4
+from jmeta.models._resnet12 import resnet12
+from jmeta.models._batchnorm import estimate_batch_stats
 from jmeta.models._mlp import mlp
-from jmeta.train._config import CLASSIFICATION, Config, ConfigError
+from jmeta.train._config import CLASSIFICATION, METRIC, TRANSFER, Config, ConfigError
 
 EVAL_CHUNK = 50  # test tasks gathered at a time (bounds memory for large episodes)
 
@@ -41,6 +44,7 @@ class Task:
     train_sampler: Callable[[PRNGKey], TaskBatch] | None  # in-graph sampler, or None
     host_sampler: HostSampler | None
     test_tasks: Callable[[PRNGKey, int, str], Iterator[TaskBatch]]
+    train_images: Callable[[PRNGKey, int], Iterator[jax.Array]] | None = None
 
     @property
     def classification(self) -> bool:
@@ -51,23 +55,63 @@ def queries(cfg: Config) -> int:
     return cfg.k_query or (cfg.k_shot if cfg.task == "sinusoid" else 15)
 
 
+def test_ways(cfg: Config) -> int:
+    """Classes per validation / test episode (``eval_ways``, else the training ``ways``)."""
+    return cfg.eval_ways or cfg.ways
+
+
+def test_task(task: Task) -> Task:
+    """The task with its model in test mode (:func:`test_mode`) and its test config."""
+    return dataclasses.replace(task, cfg=test_config(task.cfg), model=test_mode(task.model))
+
+
+def test_params(task: Task, meta, key: PRNGKey):
+    """Meta-parameters ready for testing: with ``bn_mode="running"``, the BatchNorm population
+    statistics estimated from ``bn_batches`` batches of training images."""
+    if task.cfg.bn_mode != "running":
+        return meta
+    stats = estimate_batch_stats(task.model, meta["model"], task.train_images(key, task.cfg.bn_batches))
+    return dict(meta, model=stats)
+
+
+def test_config(cfg: Config) -> Config:
+    """The config as seen by validation and meta-testing: ``ways`` set to :func:`test_ways`."""
+    return cfg if test_ways(cfg) == cfg.ways else cfg.replace(ways=test_ways(cfg), eval_ways=0)
+
+
 def eval_queries(cfg: Config) -> int:
     return cfg.eval_k_query or (100 if cfg.task == "sinusoid" else queries(cfg))
 
 
 def _classifier(cfg: Config, example_shape: tuple) -> Model:
     """The network for a classification config: logits over ``ways`` classes, or embeddings
-    for metric-based algorithms (ProtoNets)."""
-    embed = cfg.algorithm == "protonets"
-    if cfg.model == "conv4":
+    for metric-based algorithms and transfer baselines (their heads are built from the support
+    set), or a context network for CAVIA."""
+    embed = cfg.algorithm in METRIC + TRANSFER
+    out = None if embed else cfg.ways
+    if cfg.model in ("conv4", "resnet12"):
         if len(example_shape) != 3 or example_shape[0] != example_shape[1]:
-            raise ConfigError(f"conv4 needs square images [S, S, C]; the dataset has {example_shape}.")
-        return conv4(example_shape[2], None if embed else cfg.ways, filters=cfg.filters,
-                     strided=cfg.strided, image_size=example_shape[0])
+            raise ConfigError(f"{cfg.model} needs square images [S, S, C]; the dataset has {example_shape}.")
+        size, channels = example_shape[0], example_shape[2]
+        if cfg.algorithm == "cavia":
+            return algorithms.context_conv4(channels, out, num_context=cfg.num_context,
+                                            filters=cfg.filters, film_layer=cfg.film_layer,
+                                            strided=cfg.strided, image_size=size)
+        if cfg.model == "resnet12":
+            return resnet12(channels, out, widths=cfg.widths, image_size=size, bn_mode=cfg.bn_mode)
+        return conv4(channels, out, filters=cfg.filters, strided=cfg.strided, image_size=size,
+                     bn_mode=cfg.bn_mode)
     in_dim = int(np.prod(example_shape))
+    if cfg.algorithm == "cavia":
+        return _flatten_context(algorithms.context_mlp(in_dim, cfg.ways, hidden=cfg.hidden,
+                                                       num_context=cfg.num_context))
     if embed:
         return flatten_inputs(mlp(in_dim, cfg.hidden[-1], hidden=cfg.hidden[:-1]))
     return flatten_inputs(mlp(in_dim, cfg.ways, hidden=cfg.hidden))
+
+
+def _flatten_context(model):
+    return model._replace(apply=lambda p, x, c: model.apply(p, x.reshape(x.shape[0], -1), c))
 
 
 def _dtype(cfg: Config, model: Model) -> Model:
@@ -80,7 +124,13 @@ def flatten_inputs(model: Model) -> Model:
     def apply(params, x):
         return model.apply(params, x.reshape(x.shape[0], -1))
 
-    return Model(init=model.init, apply=apply, family=model.family)
+    return model._replace(apply=apply)
+
+
+def test_mode(model: Model) -> Model:
+    """The model as used at test time: BatchNorm with the stored population statistics in
+    ``bn_mode="running"``; the model itself otherwise."""
+    return model if model.eval_apply is None else model._replace(apply=model.eval_apply)
 
 
 @functools.lru_cache(maxsize=16)
@@ -125,14 +175,17 @@ def build_task(cfg: Config, *, need_train: bool = True) -> Task:
     try:
         train = load_split(cfg, "train") if need_train else None
         test = load_split(cfg, cfg.eval_split)
-        for ds, q in ((train, queries(cfg)), (test, eval_queries(cfg))):
+        for ds, w, q in ((train, cfg.ways, queries(cfg)), (test, test_ways(cfg), eval_queries(cfg))):
             if ds is not None:
-                ds.check_episode(cfg.ways, cfg.k_shot, q)
+                ds.check_episode(w, cfg.k_shot, q)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"{cfg.task}: {err}") from err
     model = _dtype(cfg, _classifier(cfg, test.example_shape))
     device, host = None, None
-    if need_train and cfg.sampler == "device":
+    if need_train and cfg.algorithm in TRANSFER:
+        device = class_batch_sampler(train, cfg.pretrain_batch, num_tasks=cfg.meta_batch_size,
+                                     augment_rotations=cfg.augment_rotations)
+    elif need_train and cfg.sampler == "device":
         device = device_sampler(train, cfg.ways, cfg.k_shot, queries(cfg), cfg.meta_batch_size,
                                 augment_rotations=cfg.augment_rotations)
     elif need_train:
@@ -143,10 +196,50 @@ def build_task(cfg: Config, *, need_train: bool = True) -> Task:
         ds = test if split == cfg.eval_split else load_split(cfg, split)
         for i in range(math.ceil(n / EVAL_CHUNK)):
             size = min(EVAL_CHUNK, n - i * EVAL_CHUNK)
-            sample = _eval_sampler(ds, cfg.ways, cfg.k_shot, eval_queries(cfg), size)
+            sample = _eval_sampler(ds, test_ways(cfg), cfg.k_shot, eval_queries(cfg), size)
             yield sample(jax.random.fold_in(key, i))
 
-    return Task(cfg, model, cross_entropy_loss, accuracy, "query accuracy (%)", device, host, test_tasks)
+    def train_images(key, n):
+        """``n`` batches of training images (the query sets of training episodes)."""
+        ds = train if train is not None else load_split(cfg, "train")
+        sample = _eval_sampler(ds, cfg.ways, cfg.k_shot, queries(cfg), 1)
+        for i in range(n):
+            yield sample(jax.random.fold_in(key, i)).query.x[0]
+
+    return Task(cfg, model, cross_entropy_loss, accuracy, "query accuracy (%)", device, host,
+                test_tasks, train_images)
+
+
+IMAGE_FORMATS = {
+    # task: (default size, channels, PIL mode, invert, resampling) of the training images.
+    "omniglot": (28, 1, "L", True, "lanczos"),
+    "miniimagenet": (84, 3, "RGB", False, "bicubic"),
+    "tieredimagenet": (84, 3, "RGB", False, "bicubic"),
+    "cifar_fs": (32, 3, "RGB", False, "bicubic"),
+    "fc100": (32, 3, "RGB", False, "bicubic"),
+}
+
+
+def image_format(cfg: Config) -> dict:
+    """How the training images of a classification config were made from image files:
+    ``{"size", "channels", "mode", "invert", "resampling"}`` (for preprocessing new images)."""
+    if cfg.task not in IMAGE_FORMATS:
+        raise ConfigError(f"task {cfg.task!r} is not an image classification task.")
+    size, channels, mode, invert, resampling = IMAGE_FORMATS[cfg.task]
+    return dict(size=cfg.image_size or size, channels=channels, mode=mode, invert=invert,
+                resampling=resampling)
+
+
+def model_task(cfg: Config) -> Task:
+    """The model, loss and metric of a classification config, without loading any data
+    (for adapting a trained learner to a user's own examples)."""
+    fmt = image_format(cfg)
+    model = _dtype(cfg, _classifier(cfg, (fmt["size"], fmt["size"], fmt["channels"])))
+
+    def no_tasks(key, n, split):
+        raise ConfigError("model_task has no dataset; use build_task for test episodes.")
+
+    return Task(cfg, model, cross_entropy_loss, accuracy, "query accuracy (%)", None, None, no_tasks)
 
 
 @functools.lru_cache(maxsize=8)
@@ -162,9 +255,44 @@ def _rule(cfg: Config):
     return sgd(cfg.inner_lr)
 
 
+def _embed_dim(cfg: Config, model: Model) -> int:
+    fmt = image_format(cfg)
+    x = jax.ShapeDtypeStruct((2, fmt["size"], fmt["size"], fmt["channels"]), jax.numpy.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    return int(jax.eval_shape(model.apply, params, x).shape[-1])
+
+
+def base_classes(cfg: Config) -> int:
+    """Classes of the pre-training head of a transfer baseline (all base classes)."""
+    n = cfg.base_classes or load_split(cfg, "train").num_classes
+    return n * (4 if cfg.augment_rotations else 1)
+
+
 def build_learner(cfg: Config, task: Task) -> MetaLearner:
     model = task.model
     common = dict(remat=cfg.remat, loss_fn=task.loss_fn, metric_fn=task.metric_fn)
+    plain = dict(loss_fn=task.loss_fn, metric_fn=task.metric_fn)
+    if cfg.algorithm in TRANSFER:
+        shape = (image_format(cfg)["size"],) * 2 + (image_format(cfg)["channels"],)
+        return algorithms.transfer_baseline(
+            model, num_classes=base_classes(cfg), ways=cfg.ways,
+            head="linear" if cfg.algorithm == "baseline" else "cosine", input_shape=shape,
+            finetune_steps=cfg.finetune_steps, finetune_lr=cfg.finetune_lr,
+            metric_fn=task.metric_fn)
+    if cfg.algorithm == "cavia":
+        return algorithms.cavia(model, num_context=cfg.num_context, inner_lr=cfg.inner_lr,
+                                num_steps=cfg.inner_steps, first_order=cfg.first_order, **plain)
+    if cfg.algorithm == "imaml":
+        return algorithms.imaml(model, inner_lr=cfg.inner_lr, num_steps=cfg.inner_steps,
+                                lam=cfg.imaml_lam, cg_steps=cfg.cg_steps,
+                                cg_damping=cfg.cg_damping, **plain)
+    if cfg.algorithm in ("matching", "matching_fce"):
+        fce = cfg.algorithm == "matching_fce"
+        return algorithms.matching_networks(model, ways=cfg.ways, fce=fce,
+                                            embed_dim=_embed_dim(cfg, model) if fce else None,
+                                            metric_fn=task.metric_fn)
+    if cfg.algorithm == "r2d2":
+        return algorithms.r2d2(model, ways=cfg.ways, metric_fn=task.metric_fn)
     if cfg.algorithm == "metasgd":
         lr = cfg.metasgd_init_lr[0] if len(cfg.metasgd_init_lr) == 1 else tuple(cfg.metasgd_init_lr)
         return algorithms.metasgd(model, lr, cfg.inner_steps, first_order=cfg.first_order, **common)
@@ -174,16 +302,34 @@ def build_learner(cfg: Config, task: Task) -> MetaLearner:
     if cfg.algorithm == "reptile":
         return algorithms.reptile(model, cfg.inner_lr, cfg.inner_steps, rule=_rule(cfg),
                                   loss_fn=task.loss_fn, metric_fn=task.metric_fn)
-    factory = {"maml": algorithms.maml, "fomaml": algorithms.fomaml, "anil": algorithms.anil}[
-        cfg.algorithm
-    ]
+    if cfg.algorithm == "mamlpp":
+        return algorithms.mamlpp(
+            model, num_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
+            msl_anneal_steps=cfg.msl_anneal_steps, first_order_until=cfg.first_order_until,
+            per_step_bn=cfg.per_step_bn and cfg.model != "mlp", **common)
+    factory = {"maml": algorithms.maml, "fomaml": algorithms.fomaml, "anil": algorithms.anil,
+               "boil": algorithms.boil}[cfg.algorithm]
     kwargs = dict(rule=_rule(cfg), **common)
     if cfg.algorithm != "fomaml":
         kwargs["first_order"] = cfg.first_order
     return factory(model, cfg.inner_lr, cfg.inner_steps, **kwargs)
 
 
+def build_schedule(cfg: Config):
+    """The meta learning rate as a float (constant) or an optax schedule of the step."""
+    if cfg.lr_schedule == "step":
+        return optax.exponential_decay(cfg.meta_lr, cfg.lr_decay_every, cfg.lr_decay_rate,
+                                       staircase=True)
+    if cfg.lr_schedule == "linear":
+        return optax.linear_schedule(cfg.meta_lr, cfg.lr_min, cfg.num_steps)
+    if cfg.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(cfg.meta_lr, cfg.num_steps,
+                                           alpha=cfg.lr_min / cfg.meta_lr if cfg.meta_lr else 0.0)
+    return cfg.meta_lr
+
+
 def build_optimizer(cfg: Config) -> optax.GradientTransformation:
+    lr = build_schedule(cfg)
     if cfg.meta_optimizer == "sgd":
-        return optax.sgd(cfg.meta_lr)
-    return optax.adam(cfg.meta_lr)
+        return optax.sgd(lr)
+    return optax.adam(lr)

@@ -141,6 +141,23 @@ class RunCheckpoints:
     def best_step(self) -> int | None:
         return self.manager.best_step()
 
+    def val_score(self, step: int) -> float | None:
+        """The validation score saved with ``step`` (``None`` without one)."""
+        metrics = self.manager.metrics(step)
+        return float(metrics["val_score"]) if metrics and "val_score" in metrics else None
+
+    def restore(self, step: int, state_like):
+        """The checkpoint of ``step`` as ``(MetaState, meta)`` (see :meth:`restore_latest`)."""
+        tree = state_like if isinstance(state_like, dict) else _saveable(state_like)
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+            tree,
+        )
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                          meta=ocp.args.JsonRestore()))
+        return _restore_state(restored.state), dict(restored.meta)
+
     def restore_latest(self, state_like):
         """The newest readable checkpoint as ``(MetaState, meta)``, or ``(None, None)``.
 

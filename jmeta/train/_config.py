@@ -6,20 +6,32 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from jmeta.core._meta import TASK_MAPS
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonets")
-MODELS = ("mlp", "conv4")
+ALGORITHMS = (
+    "maml", "fomaml", "metasgd", "anil", "boil", "mamlpp", "cavia", "imaml", "reptile",
+    "protonets", "matching", "matching_fce", "r2d2", "baseline", "baseline++",
+)
+METRIC = ("protonets", "matching", "matching_fce", "r2d2")
+"""Metric-based learners: a closed-form classifier on a meta-learned embedding (no inner steps)."""
+TRANSFER = ("baseline", "baseline++")
+"""Transfer baselines: pre-trained on all base classes, a new head fine-tuned per task."""
+MODELS = ("mlp", "conv4", "resnet12")
+BN_MODES = ("transductive", "running")
 INNER_RULES = ("default", "sgd", "lslr", "adam")
 CLASSIFICATION = ("omniglot", "miniimagenet", "cifar_fs", "fc100", "tieredimagenet")
 TASKS = ("sinusoid",) + CLASSIFICATION
 SAMPLERS = ("device", "host")
 OMNIGLOT_PROTOCOLS = ("vinyals", "maml")
 META_OPTIMIZERS = ("adam", "sgd")
+WAYS_FREE = frozenset({"protonets", "matching", "matching_fce", "r2d2", "baseline", "baseline++"})
+"""Algorithms whose classifier is built from the support set, so they take any number of ways."""
+LR_SCHEDULES = ("constant", "step", "cosine", "linear")
 
 
 class ConfigError(ValueError):
@@ -48,6 +60,12 @@ class Config:
     hidden: tuple = (40, 40)
     filters: int = 64  # conv4 filters per layer (32: MAML's miniImageNet network)
     strided: bool = False  # conv4 with stride-2 convolutions instead of max-pooling
+    widths: tuple = (64, 160, 320, 640)  # resnet12 block widths (MetaOptNet)
+    # BatchNorm: "transductive" = batch statistics of each set, in training and at test (MAML);
+    # "running" = batch statistics in training, population statistics at test (estimated from
+    # bn_batches batches of training images whenever the model is validated or tested).
+    bn_mode: str = "transductive"
+    bn_batches: int = 20
     distance: str = "sqeuclidean"  # protonets: "sqeuclidean" or "cosine"
     # Few-shot datasets (classification tasks).
     data_dir: str = ""  # source archives: "" = $JMETA_DATA_DIR or ~/.cache/jmeta/data
@@ -61,6 +79,26 @@ class Config:
     inner_lr: float = 0.01
     metasgd_init_lr: tuple = (0.005, 0.1)  # Meta-SGD rates: U[low, high] per coordinate
     first_order: bool = False
+    # MAML++: multi-step loss annealed to the last step over msl_anneal_steps meta-steps;
+    # first-order meta-gradients while the meta-step < first_order_until; per-step BatchNorm
+    # weights and biases (Conv-4's bn_* parameters).
+    msl_anneal_steps: int = 5000
+    first_order_until: int = 0
+    per_step_bn: bool = True
+    # iMAML: proximal regulariser and conjugate-gradient steps of the implicit meta-gradient.
+    imaml_lam: float = 1.0
+    cg_steps: int = 5
+    cg_damping: float = 0.0
+    # CAVIA: context parameters (FiLM of conv block film_layer for conv4; input for the MLP).
+    num_context: int = 100
+    film_layer: int = 2
+    # Transfer baselines: batch size of the pre-training on all base classes, fine-tuning of the
+    # new head per task (SGD with momentum, batches of 4 support examples), base class count
+    # (recorded at training time; 0 = read from the training split).
+    pretrain_batch: int = 16
+    finetune_steps: int = 100
+    finetune_lr: float = 0.01
+    base_classes: int = 0
     remat: bool = False  # jax.checkpoint each inner step: keep only its carry, recompute the rest
     compute_dtype: str = "float32"  # "bfloat16": bf16 compute, float32 master parameters
     # Outer loop.
@@ -68,6 +106,13 @@ class Config:
     meta_batch_size: int = 25
     meta_optimizer: str = "adam"
     meta_lr: float = 1e-3
+    # "constant"; "step": multiply by lr_decay_rate every lr_decay_every steps (ProtoNets);
+    # "cosine": from meta_lr down to lr_min over num_steps (MAML++); "linear": likewise, linearly
+    # (Reptile's outer step size).
+    lr_schedule: str = "constant"
+    lr_decay_every: int = 2000
+    lr_decay_rate: float = 0.5
+    lr_min: float = 0.0
     task_map: str = "auto"  # "vmap" | "map" | "unroll" | "auto" (measured default per backend)
     mesh_data: int = 0  # devices on the mesh's task ("data") axis; 0 = all devices / mesh_model
     mesh_model: int = 1  # devices on the "model" axis (parameters are replicated over it for now)
@@ -86,8 +131,12 @@ class Config:
     eval_tasks: int = 1000
     eval_steps: tuple = (1, 10)
     eval_k_query: int = 0  # query points per test task; 0 = 100 (sinusoid) or k_query (classes)
+    eval_ways: int = 0  # classes per validation/test episode; 0 = ways (ProtoNets train 60-way)
     eval_split: str = "test"
     val_tasks: int = 200  # tasks (disjoint stream) on which the baseline's step size is tuned
+    # The published number this config reproduces, for the results page: (mean, ci95) and source.
+    paper_result: tuple = ()
+    paper_source: str = ""
 
     def replace(self, **changes: Any) -> "Config":
         return validate(dataclasses.replace(self, **changes))
@@ -149,15 +198,44 @@ def validate(cfg: Config) -> Config:
     _choice("algorithm", cfg.algorithm, ALGORITHMS)
     _choice("inner_rule", cfg.inner_rule, INNER_RULES)
     _choice("meta_optimizer", cfg.meta_optimizer, META_OPTIMIZERS)
+    _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
+    if cfg.eval_ways and cfg.eval_ways != cfg.ways and cfg.algorithm not in WAYS_FREE:
+        raise ConfigError(
+            f"eval_ways={cfg.eval_ways} differs from ways={cfg.ways}, but {cfg.algorithm} has a "
+            f"ways-sized head; only {sorted(WAYS_FREE)} can be tested with other ways."
+        )
+    if cfg.lr_decay_every < 1 or not 0.0 < cfg.lr_decay_rate <= 1.0 or cfg.lr_min < 0.0:
+        raise ConfigError(
+            f"lr_decay_every must be >= 1, lr_decay_rate in (0, 1] and lr_min >= 0; got "
+            f"{cfg.lr_decay_every}, {cfg.lr_decay_rate}, {cfg.lr_min}."
+        )
     _choice("task_map", cfg.task_map, TASK_MAPS + ("auto",))
     _choice("sampler", cfg.sampler, SAMPLERS)
     _choice("model", cfg.model, MODELS)
+    _choice("bn_mode", cfg.bn_mode, BN_MODES)
+    if cfg.bn_mode == "running" and cfg.algorithm in ("mamlpp", "cavia"):
+        raise ConfigError(f"{cfg.algorithm} keeps BatchNorm in batch-statistics mode "
+                          "(per-step weights, no running statistics): use bn_mode='transductive'.")
+    if cfg.bn_mode == "running" and cfg.model == "mlp":
+        raise ConfigError("bn_mode='running' needs a model with BatchNorm (conv4 or resnet12).")
+    if cfg.model == "resnet12" and cfg.algorithm in ("cavia",):
+        raise ConfigError("cavia uses its own context network (model='conv4' or 'mlp').")
+    if not cfg.widths or any(not isinstance(w, int) or w < 1 for w in cfg.widths) or len(cfg.widths) != 4:
+        raise ConfigError(f"widths must be 4 positive block widths; got {cfg.widths!r}.")
     _choice("distance", cfg.distance, ("sqeuclidean", "cosine"))
-    if cfg.task == "sinusoid" and (cfg.model != "mlp" or cfg.algorithm == "protonets"):
+    no_regression = METRIC + TRANSFER
+    if cfg.task == "sinusoid" and (cfg.model != "mlp" or cfg.algorithm in no_regression):
         raise ConfigError("sinusoid regression uses model='mlp' and a gradient-based algorithm.")
-    if cfg.algorithm == "protonets" and cfg.inner_rule != "default":
-        raise ConfigError("protonets has no inner loop: leave inner_rule='default'.")
+    if cfg.algorithm in no_regression and cfg.inner_rule != "default":
+        raise ConfigError(f"{cfg.algorithm} has no inner update rule: leave inner_rule='default'.")
+    if cfg.algorithm in ("cavia", "imaml", "mamlpp") and cfg.inner_rule not in ("default", "sgd"):
+        raise ConfigError(f"{cfg.algorithm} takes plain SGD inner steps: leave inner_rule='default'.")
     _choice("compute_dtype", cfg.compute_dtype, ("float32", "bfloat16"))
+    if cfg.algorithm == "cavia" and cfg.compute_dtype != "float32":
+        raise ConfigError("cavia's context networks compute in float32: leave compute_dtype.")
+    if cfg.algorithm in TRANSFER and cfg.sampler == "host":
+        raise ConfigError(f"{cfg.algorithm} pre-trains on class batches drawn on the device: "
+                          "use sampler='device'.")
     _choice("omniglot_protocol", cfg.omniglot_protocol, OMNIGLOT_PROTOCOLS)
     _choice("eval_split", cfg.eval_split, ("train", "val", "test"))
     if cfg.algorithm == "metasgd" and cfg.inner_rule != "default":
@@ -166,7 +244,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("reptile has no meta-gradient for learned rates: use inner_rule sgd or adam.")
     positive = ("k_shot", "ways", "inner_steps", "num_steps", "meta_batch_size", "log_every",
                 "save_every", "keep_checkpoints", "mesh_model", "filters",
-                "eval_tasks", "val_tasks")
+                "eval_tasks", "val_tasks", "bn_batches", "cg_steps", "num_context",
+                "pretrain_batch", "finetune_steps")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1; got {getattr(cfg, key)}.")
@@ -174,7 +253,9 @@ def validate(cfg: Config) -> Config:
                 "mesh_data"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0; got {getattr(cfg, key)}.")
-    for key in ("inner_lr", "meta_lr"):
+    if not 0 <= cfg.film_layer < 4:
+        raise ConfigError(f"film_layer must be 0..3 (a Conv-4 block); got {cfg.film_layer}.")
+    for key in ("inner_lr", "meta_lr", "imaml_lam", "finetune_lr"):
         if not getattr(cfg, key) > 0:
             raise ConfigError(f"{key} must be positive; got {getattr(cfg, key)}.")
     if not cfg.hidden or any(not isinstance(h, int) or h < 1 for h in cfg.hidden):
@@ -200,7 +281,7 @@ def validate(cfg: Config) -> Config:
 RESUMABLE = frozenset({
     "name", "num_steps", "log_every", "save_every", "keep_checkpoints", "eval_tasks", "eval_steps",
     "eval_k_query", "eval_split", "val_tasks", "data_dir", "cache_dir", "baseline", "baseline_steps",
-    "baseline_lrs",
+    "baseline_lrs", "paper_result", "paper_source", "base_classes", "bn_batches",
 })
 
 
@@ -244,30 +325,107 @@ def from_dict(values: dict, source: str = "config") -> Config:
     return validate(Config(**values))
 
 
+def split_config_arg(path: str | Path) -> tuple[Path, str]:
+    """``"configs/x.py:5w1s,runlocal"`` -> ``(Path("configs/x.py"), "5w1s,runlocal")``."""
+    text = str(path)
+    head, sep, arg = text.rpartition(":")
+    if sep and head.endswith(".py") and "/" not in arg:
+        return Path(head), arg
+    return Path(text), ""
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Loads a config file and applies ``key=value`` overrides.
 
-    A config file is Python defining ``get_config() -> dict`` (its docstring carries the paper,
-    the reported numbers and the command), or a JSON object such as a run's ``config.json``.
+    A config file is Python defining ``get_config(arg="") -> dict`` (its docstring carries the
+    paper, the reported numbers and the command), or a JSON object such as a run's
+    ``config.json``. ``path:arg`` passes ``arg`` to ``get_config``: comma-separated tokens that
+    choose a published row (``"5w1s"``) and ``"runlocal"``, which shrinks the run to a few
+    minutes on a CPU (see :func:`runlocal`).
 
     Example (from the repository root):
       >>> load_config("configs/sinusoid_demo.py", ["k_shot=5"]).k_shot
       5
+      >>> cfg = load_config("configs/omniglot_maml.py:20w1s,runlocal")
+      >>> cfg.ways, cfg.num_steps <= 200
+      (20, True)
     """
-    path = Path(path)
+    path, arg = split_config_arg(path)
     if not path.is_file():
         raise ConfigError(f"Config file {str(path)!r} does not exist (configs live in configs/).")
     if path.suffix == ".json":
+        if arg:
+            raise ConfigError(f"{path}: a JSON config takes no ':{arg}' argument.")
         values = json.loads(path.read_text())
     elif path.suffix == ".py":
-        spec = importlib.util.spec_from_file_location(f"_jmeta_config_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ConfigError(f"{path} must define get_config() returning a dict of config keys.")
-        values = dict(module.get_config())
+        module = _config_module(path)
+        tokens = [t for t in arg.split(",") if t]
+        local = "runlocal" in tokens
+        row = ",".join(t for t in tokens if t != "runlocal")
+        try:
+            params = inspect.signature(module.get_config).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if row and not params:
+            raise ConfigError(f"{path}: get_config() takes no argument, so ':{row}' cannot apply.")
+        try:
+            values = dict(module.get_config(row) if params else module.get_config())
+        except KeyError as err:
+            rows = ", ".join(getattr(module, "ROWS", {})) or "none"
+            raise ConfigError(f"{path}: unknown row {row!r}; its rows are: {rows}.") from err
+        values.setdefault("name", path.stem)
+        if local:
+            values = runlocal(values)
     else:
         raise ConfigError(f"Config {str(path)!r}: expected a .py or .json file.")
     values.setdefault("name", path.stem)
     values.update(parse_overrides(overrides))
     return from_dict(values, source=str(path))
+
+
+def _config_module(path: Path):
+    spec = importlib.util.spec_from_file_location(f"_jmeta_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} must define get_config() returning a dict of config keys.")
+    return module
+
+
+RUNLOCAL = dict(num_steps=100, log_every=10, save_every=50, eval_tasks=100, val_tasks=20,
+                baseline_steps=100)
+
+
+def runlocal(values: dict) -> dict:
+    """A config shrunk to minutes on a CPU: 100 steps, meta-batch <= 4, 100 test tasks.
+
+    The model, algorithm and protocol stay as published; only the budget shrinks, so a
+    ``runlocal`` run checks that a configuration works end to end, not its accuracy.
+
+    Example:
+      >>> runlocal({"num_steps": 60000, "meta_batch_size": 32})["meta_batch_size"]
+      4
+    """
+    out = dict(values)
+    out.update(RUNLOCAL)
+    out["meta_batch_size"] = min(int(values.get("meta_batch_size", 4)), 4)
+    out["name"] = str(values.get("name", "run")) + "-runlocal"
+    return out
+
+
+def config_rows(folder: str | Path = "configs") -> list[dict]:
+    """The published rows of every config in ``folder`` that defines ``ROWS``:
+    ``{"config", "row", "paper", "source"}`` (``paper`` is ``(mean, ci95)``, ``(mean,)`` or ``()``).
+
+    Example (from the repository root):
+      >>> rows = config_rows("configs")
+      >>> [r["paper"] for r in rows if r["config"] == "omniglot_maml" and r["row"] == "5w1s"]
+      [(98.7, 0.4)]
+    """
+    out = []
+    for path in sorted(Path(folder).glob("*.py")):
+        module = _config_module(path)
+        for row, values in getattr(module, "ROWS", {}).items():
+            out.append({"config": path.stem, "row": row, "paper": tuple(values.get("paper", ())),
+                        "source": getattr(module, "PAPER", "") if values.get("paper") else ""})
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -31,7 +32,10 @@ from jmeta.distributed import (
     shard_state,
     task_sharding,
 )
-from jmeta.train._build import Task, build_learner, build_optimizer, build_task, eval_queries
+from jmeta.train._build import (
+    Task, build_learner, build_optimizer, build_task, eval_queries, test_config, test_params,
+    test_task, base_classes,
+)
 from jmeta.train._checkpoint import (
     STEPS_DIR,
     RunCheckpoints,
@@ -39,7 +43,7 @@ from jmeta.train._checkpoint import (
     restore_tree,
     save_tree,
 )
-from jmeta.train._config import Config, ConfigError, incompatible_fields, load_config
+from jmeta.train._config import METRIC, TRANSFER, WAYS_FREE, Config, ConfigError, incompatible_fields, load_config
 from jmeta.train._eval import (
     adaptation_curves,
     finetune_curves,
@@ -54,7 +58,7 @@ RESULTS_FILE = "results.json"
 EVAL_FILE = "eval.json"
 
 # Independent key streams derived from the seed.
-_VAL_STREAM, _TEST_STREAM, _BASELINE_STREAM = 1, 2, 3
+_VAL_STREAM, _TEST_STREAM, _BASELINE_STREAM, _BN_STREAM = 1, 2, 3, 4
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -203,13 +207,24 @@ def _sampler_with(sampler: HostSampler, **changes) -> HostSampler:
     return HostSampler(sampler.ds, sampler.ways, sampler.shots, sampler.queries, num_tasks, **kwargs)
 
 
+def val_steps(cfg: Config, learner) -> int:
+    """Inner steps at validation: the training count, or the learner's own (fine-tuning steps of
+    a transfer baseline; one for closed-form learners)."""
+    if cfg.algorithm in TRANSFER:
+        return learner.num_steps
+    if cfg.algorithm in METRIC:
+        return 1
+    return cfg.inner_steps
+
+
 def validation_score(task: Task, learner, params, cfg: Config, task_map: str) -> float:
     """Higher is better: query accuracy (%) on the val split's classes, or minus the query MSE on
     a disjoint stream of sinusoid tasks, after the training number of inner steps."""
     split = "val" if task.classification else cfg.eval_split
+    steps = val_steps(cfg, learner)
     curves = _curves(task, learner, params, _seed_key(cfg, _VAL_STREAM), cfg.val_tasks,
-                     cfg.inner_steps, split, task_map)
-    value = float(np.mean(curves[:, cfg.inner_steps]))
+                     steps, split, task_map)
+    value = float(np.mean(curves[:, steps]))
     return value if task.classification else -value
 
 
@@ -256,6 +271,9 @@ def train(
             if done.get("steps") == cfg.num_steps:
                 return dict(done, already_complete=True)
     task = build_task(cfg)  # loads data and checks the episodes: errors before compiling
+    if cfg.algorithm in TRANSFER and not cfg.base_classes:
+        cfg = cfg.replace(base_classes=base_classes(cfg.replace(augment_rotations=False)))
+        task = dataclasses.replace(task, cfg=cfg)
     try:
         mesh = make_mesh(cfg.mesh_data or None, cfg.mesh_model)
         check_batch(cfg.meta_batch_size, mesh)
@@ -269,6 +287,7 @@ def train(
         (run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
     learner = build_learner(cfg, task)
+    val_learner = build_learner(test_config(cfg), test_task(task))
     optimizer = build_optimizer(cfg)
     task_map = default_task_map(learner.family) if cfg.task_map == "auto" else cfg.task_map
     state = init_state(learner, optimizer, _seed_key(cfg))
@@ -304,11 +323,16 @@ def train(
     compiled = step_fn.lower(state, *args).compile()
     compile_s = time.perf_counter() - t0
 
-    def save(step, window):
+    def save(step, state, window):
         _check_finite(window, step)  # never checkpoint a non-finite state
-        score = validation_score(task, learner, jax.tree.map(_local, state.params), cfg, task_map)
+        params = test_params(task, jax.tree.map(_local, state.params), _seed_key(cfg, _BN_STREAM))
+        score = validation_score(task, val_learner, params, cfg, task_map)
+        if cfg.bn_mode == "running" and not sharded:
+            # Keep the population statistics in the checkpoint (training ignores them: they get
+            # zero gradients), so a saved run predicts without its dataset.
+            state = state._replace(params=params)
         ckpts.save(step, state, val_score=score, meta={"resumed_from": history})
-        return score
+        return state, score
 
     start = time.perf_counter()
     window, window_start = [], time.perf_counter()
@@ -330,7 +354,7 @@ def train(
                 window.append(metrics)
                 last = step == cfg.num_steps
                 if step % cfg.save_every == 0 or last or preemption.requested:
-                    row_score = save(step, window)
+                    state, row_score = save(step, state, window)
                 if step % cfg.log_every == 0 or last or preemption.requested:
                     row = _log_row(window, step, window_start, start)
                     if step % cfg.save_every == 0 or last or preemption.requested:
@@ -448,25 +472,50 @@ def evaluate(
     steps: tuple | None = None,
     baseline: bool = True,
     data_dir: str | None = None,
+    checkpoint: str | int = "best",
+    ways: int | None = None,
+    k_shot: int | None = None,
+    queries: int | None = None,
 ) -> dict:
     """Meta-tests a run: ``num_tasks`` new tasks (default ``eval_tasks`` of its config), the test
     metric's mean and 95% CI after each count in ``steps``. Sinusoid runs add the pretrained
     baseline (fine-tuned by SGD with a step size tuned on separate validation tasks);
     classification runs draw their tasks from the classes of ``eval_split`` only.
 
-    Writes ``eval.json`` into the run directory and returns its content.
+    ``checkpoint="best"`` (default) tests the checkpoint with the best validation score (query
+    accuracy on the validation classes, measured at every save), ``"final"`` the final
+    meta-parameters, an int that step's checkpoint. ``ways``, ``k_shot`` and ``queries`` (per
+    class) change the test episodes, e.g. to test a ProtoNet trained 60-way on 5-way tasks;
+    learners with a ``ways``-sized head cannot change ``ways``.
+
+    Writes ``eval.json`` into the run directory (and, for classification, a copy under
+    ``evals/<ways>w<k_shot>s.json``) and returns its content.
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    trained = cfg
     if data_dir:
         cfg = cfg.replace(data_dir=str(Path(data_dir).expanduser().absolute()))
+    changes = {k: v for k, v in (("eval_ways", ways), ("k_shot", k_shot), ("eval_k_query", queries))
+               if v is not None}
+    if changes.get("eval_ways", cfg.ways) != cfg.ways and cfg.algorithm not in WAYS_FREE:
+        raise ConfigError(
+            f"{cfg.algorithm} has a {cfg.ways}-way classifier head: it cannot be tested "
+            f"{changes['eval_ways']}-way. Metric-based learners ({', '.join(sorted(WAYS_FREE))}) "
+            "can; train another run for other ways."
+        )
+    cfg = test_config(cfg.replace(**changes))
     n = num_tasks or cfg.eval_tasks
     steps = tuple(steps or cfg.eval_steps)
     if n < 2 or any(s < 0 for s in steps):
         raise ConfigError(f"evaluate needs >= 2 tasks and step counts >= 0; got {n} and {steps}.")
     max_steps = max(steps)
     task = build_task(cfg, need_train=False)
-    learner, meta = load_meta_params(run_dir, cfg, task)
+    learner, meta = load_meta_params(run_dir, cfg, test_task(task))
+    ckpt_step, ckpt_score = _pick_checkpoint(run_dir, trained, checkpoint)
+    if ckpt_step is not None:
+        meta = _checkpoint_params(run_dir, cfg, learner, ckpt_step)
+    meta = test_params(task, meta, _seed_key(cfg, _BN_STREAM))
     task_map = default_task_map(learner.family) if cfg.task_map == "auto" else cfg.task_map
     test_key = _seed_key(cfg, _TEST_STREAM)
 
@@ -500,11 +549,60 @@ def evaluate(
         "metric": task.metric,
         "results": rows,
         "pretrained_lr": {str(k): v for k, v in tuned.items()} if tuned else None,
+        "checkpoint_step": ckpt_step if ckpt_step is not None else _final_step(run_dir),
+        "checkpoint": "best" if checkpoint == "best" and ckpt_step is not None else (
+            "final" if ckpt_step is None else "step"),
+        "val_score": ckpt_score,
+        "train_ways": trained.ways if task.classification else None,
+        "train_k_shot": trained.k_shot,
         "eval_s": eval_s,
         "environment": environment(),
     }
-    (run_dir / EVAL_FILE).write_text(json.dumps(out, indent=2) + "\n")
+    text = json.dumps(out, indent=2) + "\n"
+    (run_dir / EVAL_FILE).write_text(text)
+    if task.classification:
+        (run_dir / "evals").mkdir(exist_ok=True)
+        (run_dir / "evals" / f"{cfg.ways}w{cfg.k_shot}s.json").write_text(text)
     return out
+
+
+def _pick_checkpoint(run_dir: Path, cfg: Config, checkpoint) -> tuple[int | None, float | None]:
+    """``(step, val_score)`` of the checkpoint to test, or ``(None, None)`` for the final params."""
+    if checkpoint == "final":
+        return None, None
+    directory = run_dir / "checkpoints" / STEPS_DIR
+    if not directory.exists():
+        if checkpoint == "best":
+            return None, None
+        raise ConfigError(f"{run_dir} keeps no step checkpoints; use checkpoint='final'.")
+    ckpts = RunCheckpoints(directory, keep=cfg.keep_checkpoints, asynchronous=False)
+    try:
+        if checkpoint == "best":
+            step = ckpts.best_step()
+        else:
+            step = int(checkpoint)
+            if step not in ckpts.steps():
+                raise ConfigError(f"{run_dir} has no checkpoint at step {step}; it has {ckpts.steps()}.")
+        return (step, ckpts.val_score(step)) if step is not None else (None, None)
+    finally:
+        ckpts.close()
+
+
+def _checkpoint_params(run_dir: Path, cfg: Config, learner, step: int):
+    optimizer = build_optimizer(cfg)
+    ckpts = RunCheckpoints(run_dir / "checkpoints" / STEPS_DIR, keep=cfg.keep_checkpoints,
+                           asynchronous=False)
+    try:
+        state, _ = ckpts.restore(step, abstract_state(
+            lambda: init_state(learner, optimizer, _seed_key(cfg))))
+    finally:
+        ckpts.close()
+    return state.params
+
+
+def _final_step(run_dir: Path) -> int | None:
+    results = run_dir / RESULTS_FILE
+    return json.loads(results.read_text()).get("steps") if results.exists() else None
 
 
 def _cell(r: dict) -> str:
@@ -531,6 +629,9 @@ def format_table(ev: dict) -> str:
     for method, res in ev["results"].items():
         cells = [_cell(res[str(s)]) for s in steps]
         lines.append("| " + " | ".join([method] + cells) + " |")
+    if ev.get("checkpoint") == "best":
+        lines.append(f"\ncheckpoint: step {ev['checkpoint_step']}, the best on the validation "
+                     f"classes ({ev['val_score']:.2f})")
     if ev["num_tasks"] < 600:
         lines.append(f"\nnote: {ev['num_tasks']} test tasks; the full protocol uses at least 600.")
     if ev.get("pretrained_lr"):
