@@ -98,3 +98,12 @@ def test_eval_with_few_tasks_says_it_is_not_the_full_protocol(run_dir, capsys):
     assert main(["eval", str(run), "--tasks", "50", "--no-baseline"]) == 0
     out = capsys.readouterr().out
     assert "50 new tasks" in out and "at least 600" in out and "pretrained" not in out.split("|---")[-1]
+
+
+def test_rows_lists_every_published_row_with_its_make_target(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["rows"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("reproduce-omniglot_maml-5w1s") and "98.7 +- 0.4" in line for line in out)
+    assert any(line.startswith("reproduce-miniimagenet_protonets-5w5s") for line in out)
+    assert main(["rows", "--configs", str(ROOT / "tests")]) == 2

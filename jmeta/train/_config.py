@@ -424,6 +424,8 @@ def config_rows(folder: str | Path = "configs") -> list[dict]:
     """
     out = []
     for path in sorted(Path(folder).glob("*.py")):
+        if "ROWS" not in path.read_text() or "def get_config" not in path.read_text():
+            continue
         module = _config_module(path)
         for row, values in getattr(module, "ROWS", {}).items():
             out.append({"config": path.stem, "row": row, "paper": tuple(values.get("paper", ())),
