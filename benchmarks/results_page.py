@@ -204,6 +204,18 @@ def _backbone(cfg: dict) -> str:
     return f"{net}, {bn}"
 
 
+def _train_seconds(run: dict) -> float:
+    """Training wall time over every segment of a resumed run: ``time`` in metrics.jsonl restarts
+    at each resume, so the segments' last values add up (the same as results.json's
+    ``train_s`` for a run that never stopped)."""
+    total, last = 0.0, 0.0
+    for row in run["metrics"]:
+        if row["time"] < last:
+            total += last
+        last = row["time"]
+    return max(total + last, run["results"].get("train_s", 0.0))
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
@@ -267,7 +279,7 @@ def classification_section(runs: list[dict], out: Path) -> list[str]:
                 f"| {cfg['task']} | {ev['ways']}-way {ev['k_shot']}-shot | {alg} | {_backbone(cfg)} | "
                 f"{_paper_cell(paper)}{f' ({source})' if source else ''} | "
                 f"**{result[step]['mean']:.2f} +- {result[step]['ci95']:.2f}** | {ev['num_tasks']} | "
-                f"{step} | {res['steps']:,} ({full_steps or '-'}) | {_hours(res['train_s'])} | "
+                f"{step} | {res['steps']:,} ({full_steps or '-'}) | {_hours(_train_seconds(run))} | "
                 f"{hardware} | {env['commit']} |"
             )
     lines.append("")

@@ -353,18 +353,22 @@ def train(
                     state = step_hook(step, state)
                 window.append(metrics)
                 last = step == cfg.num_steps
-                if step % cfg.save_every == 0 or last or preemption.requested:
+                # Read the SIGTERM flag once per step: a signal landing between two reads would
+                # otherwise stop the run after a step that was never saved.
+                stop = preemption.requested
+                saving = step % cfg.save_every == 0 or last or stop
+                if saving:
                     state, row_score = save(step, state, window)
-                if step % cfg.log_every == 0 or last or preemption.requested:
+                if step % cfg.log_every == 0 or last or stop:
                     row = _log_row(window, step, window_start, start)
-                    if step % cfg.save_every == 0 or last or preemption.requested:
+                    if saving:
                         row["val_score"] = row_score
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                     bar.update(len(window))
                     window, window_start = [], time.perf_counter()
-                if preemption.requested:
+                if stop:
                     preempted = True
                     break
     finally:
