@@ -65,8 +65,11 @@ class NonFiniteLossError(FloatingPointError):
     """The meta-training loss became NaN or infinite."""
 
 
+@functools.lru_cache(maxsize=1)
 def environment() -> dict:
-    """Hardware, software and commit of this process, recorded beside every result."""
+    """Hardware, software and commit of this process, recorded beside every result. Read once,
+    when the process first asks (training asks at its start), so a commit made while a long run
+    is going is not credited with that run's result."""
     dev = jax.devices()[0]
     try:
         root = Path(__file__).resolve().parents[2]
@@ -270,6 +273,7 @@ def train(
             done = json.loads((run_dir / RESULTS_FILE).read_text())
             if done.get("steps") == cfg.num_steps:
                 return dict(done, already_complete=True)
+    environment()  # the commit this process's code comes from, read before the long part
     task = build_task(cfg)  # loads data and checks the episodes: errors before compiling
     if cfg.algorithm in TRANSFER and not cfg.base_classes:
         cfg = cfg.replace(base_classes=base_classes(cfg.replace(augment_rotations=False)))
@@ -426,7 +430,7 @@ def train(
         "task_map": task_map,
         "mesh": dict(mesh.shape),
         "processes": jax.process_count(),
-        "environment": environment(),
+        "environment": dict(environment()),
     }
     (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -560,7 +564,7 @@ def evaluate(
         "train_ways": trained.ways if task.classification else None,
         "train_k_shot": trained.k_shot,
         "eval_s": eval_s,
-        "environment": environment(),
+        "environment": dict(environment()),
     }
     text = json.dumps(out, indent=2) + "\n"
     (run_dir / EVAL_FILE).write_text(text)
