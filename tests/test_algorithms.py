@@ -135,7 +135,12 @@ def omniglot_stream(omniglot_train, data_cache):
     return subset(0, n - held), subset(n - held, n)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+# One learner per family runs in `make test`; all of them in `make test-slow` (CI time budget).
+QUICK = ("maml", "reptile", "protonets", "baseline")
+
+
+@pytest.mark.parametrize("algorithm", [
+    a if a in QUICK else pytest.param(a, marks=pytest.mark.slow) for a in ALGORITHMS])
 def test_50_meta_steps_on_real_omniglot_lower_the_query_loss(algorithm, omniglot_stream):
     train, held = omniglot_stream
     cfg = config(algorithm, meta_batch_size=4, base_classes=train.num_classes)
