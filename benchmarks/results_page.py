@@ -11,6 +11,7 @@ except the papers' reference numbers, which come from the configs (sinusoid: bel
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import shutil
@@ -169,14 +170,8 @@ def sinusoid_section(runs: list[dict], out: Path) -> list[str]:
 def _paper_row(cfg: dict, ways: int, shots: int):
     """``(paper, source)`` of the config's published row for this test setting, read from the
     config file's ``ROWS`` (``configs/<name>.py``), or the run's recorded ``paper_result``."""
-    for base in (cfg["name"].split("-")[0], f"{cfg['task']}_{cfg['algorithm']}"):
-        path = ROOT / "configs" / f"{base}.py"
-        if path.exists():
-            break
-    if path.exists():
-        spec = importlib.util.spec_from_file_location(f"_cfg_{base}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    module = _config_module(_config_base(cfg))
+    if module is not None:
         row = getattr(module, "ROWS", {}).get(f"{ways}w{shots}s")
         if row is not None:
             paper = tuple(row.get("paper", ()))
@@ -264,9 +259,7 @@ def classification_section(runs: list[dict], out: Path) -> list[str]:
     full = {}
     for run in sorted(runs, key=lambda r: (r["config"]["task"], r["config"]["algorithm"], r["name"])):
         cfg, res = run["config"], run["results"]
-        base = cfg["name"].split("-")[0]
-        if not (ROOT / "configs" / f"{base}.py").exists():
-            base = f"{cfg['task']}_{cfg['algorithm']}"
+        base = _config_base(cfg)
         full_steps = full.setdefault(base, _full_steps(base))
         for ev in sorted(run["evals"], key=lambda e: (e["ways"], e["k_shot"])):
             alg = cfg["algorithm"]
@@ -290,13 +283,30 @@ def classification_section(runs: list[dict], out: Path) -> list[str]:
     return lines
 
 
-def _full_steps(base: str):
+@functools.lru_cache(maxsize=None)
+def _config_module(base: str | None):
+    """``configs/<base>.py`` as a module (loaded once), or ``None``."""
     path = ROOT / "configs" / f"{base}.py"
-    if not path.exists():
+    if base is None or not path.exists():
         return None
     spec = importlib.util.spec_from_file_location(f"_cfg_{base}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _config_base(cfg: dict) -> str | None:
+    """The config file a run came from: its name's prefix, else ``<task>_<algorithm>``."""
+    for base in (cfg["name"].split("-")[0], f"{cfg['task']}_{cfg['algorithm']}"):
+        if (ROOT / "configs" / f"{base}.py").exists():
+            return base
+    return None
+
+
+def _full_steps(base: str | None):
+    module = _config_module(base)
+    if module is None:
+        return None
     try:
         return f"{module.get_config()['num_steps']:,}"
     except Exception:  # noqa: BLE001 - a config without a default row

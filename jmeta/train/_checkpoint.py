@@ -166,17 +166,9 @@ class RunCheckpoints:
         fails to restore is moved aside (renamed ``corrupt-<step>``, kept for inspection) with a
         warning, and the previous one is tried.
         """
-        tree = state_like if isinstance(state_like, dict) else _saveable(state_like)
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-            tree,
-        )
         for step in reversed(self.steps()):
             try:
-                restored = self.manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                  meta=ocp.args.JsonRestore()))
-                return _restore_state(restored.state), dict(restored.meta)
+                return self.restore(step, state_like)
             except Exception as err:  # noqa: BLE001 - any unreadable checkpoint falls back
                 self._quarantine(step, err)
                 self.manager.reload()
