@@ -16,7 +16,7 @@ from jmeta.core._losses import cross_entropy_loss
 from jmeta.data import ClassDataset, class_batch_sampler, device_sampler
 from jmeta.train import Config, adaptation_curves
 from jmeta.train._build import build_learner, model_task
-from jmeta.train._config import ALGORITHMS, METRIC, TRANSFER
+from jmeta.train._config import ALGORITHMS, METRIC, TRANSFER, train_shots
 
 WAYS, SHOTS, QUERIES, TASKS, CLASSES = 5, 1, 3, 2, 12
 
@@ -27,7 +27,8 @@ SETTINGS = {
     # context on an MLP learns far more slowly); iMAML needs its inner problem near its optimum.
     "cavia": dict(model="conv4", filters=8, num_context=16, inner_lr=1.0),
     "imaml": dict(inner_lr=0.1, inner_steps=5, cg_steps=3, imaml_lam=0.5),
-    "reptile": dict(inner_steps=3, meta_optimizer="sgd", meta_lr=0.5),
+    # Reptile as in its paper: minibatch inner steps on more training shots than test shots.
+    "reptile": dict(inner_steps=3, meta_optimizer="sgd", meta_lr=0.5, train_shots=2, inner_batch=5),
     "protonets": {}, "matching": {}, "matching_fce": {}, "r2d2": {},
     "baseline": dict(finetune_steps=10), "baseline++": dict(finetune_steps=10),
 }
@@ -59,7 +60,7 @@ def pieces(cfg: Config, ds: ClassDataset):
     if cfg.algorithm in TRANSFER:
         sampler = class_batch_sampler(ds, cfg.pretrain_batch, num_tasks=cfg.meta_batch_size)
     else:
-        sampler = device_sampler(ds, cfg.ways, cfg.k_shot, cfg.k_query, cfg.meta_batch_size)
+        sampler = device_sampler(ds, cfg.ways, train_shots(cfg), cfg.k_query, cfg.meta_batch_size)
     return learner, sampler
 
 

@@ -79,6 +79,15 @@ def test_incompatible_combinations():
         Config(task_map="map", chunk_size=4, meta_batch_size=25).replace()
     with pytest.raises(ConfigError, match="metasgd learns its own"):
         Config(algorithm="metasgd", inner_rule="lslr").replace()
+    with pytest.raises(ConfigError, match="inner_batch .* is a reptile option"):
+        Config(algorithm="maml", inner_batch=5).replace()
+    with pytest.raises(ConfigError, match=r"exceeds the training support set \(ways x train_shots = 50\)"):
+        Config(task="omniglot", algorithm="reptile", ways=5, k_shot=1, train_shots=10,
+               inner_batch=60).replace()
+    Config(task="omniglot", algorithm="reptile", ways=5, k_shot=1, train_shots=10,
+           inner_batch=10).replace()
+    with pytest.raises(ConfigError, match=r"inner_beta1 must be in \[0, 1\)"):
+        Config(inner_beta1=1.0).replace()
 
 
 def test_missing_file_and_missing_get_config(tmp_path):

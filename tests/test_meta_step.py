@@ -117,3 +117,52 @@ def test_metastate_is_a_pytree_with_four_fields(small_model):
 def test_inner_rule_learning_rates_must_be_positive():
     with pytest.raises(ValueError, match="learning rate"):
         sgd(-0.1)
+
+
+def test_support_minibatches_cover_each_example_once_per_pass():
+    from jmeta.core import Batch, support_minibatches
+
+    support = Batch(jnp.arange(10.0)[:, None], jnp.arange(10))
+    b = support_minibatches(jax.random.key(3), support, num_steps=5, batch_size=4)
+    assert b.x.shape == (5, 4, 1) and b.y.shape == (5, 4)
+    flat = np.asarray(b.y).ravel()
+    assert sorted(flat[:10]) == list(range(10))  # first pass: a permutation
+    assert len(set(flat[10:20])) == 10  # second pass: another one
+    np.testing.assert_array_equal(np.asarray(b.x)[..., 0], flat.reshape(5, 4))
+    with pytest.raises(ValueError, match="batch_size must be 1..10"):
+        support_minibatches(jax.random.key(0), support, 2, 11)
+
+
+def test_reptile_minibatches_follow_the_drawn_batches(small_model, tasks):
+    from jmeta.core import Episode, support_minibatches
+
+    inner_lr, k, batch = 0.02, 3, 2
+    learner = reptile(small_model, inner_lr, k, inner_batch=batch)
+    meta = learner.init(jax.random.key(0))
+    episode = jax.tree.map(lambda a: a[0], tasks)
+    key = jax.random.key(7)
+    grads, _ = learner.task_grad(meta, Episode(episode.support, episode.query), key)
+
+    def loss(p, x, y):
+        return jnp.mean((small_model.apply(p, x) - y) ** 2)
+
+    mb = support_minibatches(key, episode.support, k, batch)
+    phi = meta["model"]
+    for t in range(k):  # explicit loop over the drawn minibatches
+        g = jax.grad(loss)(phi, mb.x[t], mb.y[t])
+        phi = jax.tree.map(lambda a, b: a - inner_lr * b, phi, g)
+    want = jax.tree.map(lambda m, p: m - p, meta["model"], phi)
+    for got, exp in zip(jax.tree.leaves(grads["model"]), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-7)
+
+    # Minibatches of the whole support set are permutations of it: the same as full-batch steps.
+    n = episode.support.x.shape[0]
+    full = reptile(small_model, inner_lr, k).task_grad(meta, Episode(episode.support,
+                                                                     episode.query), key)[0]
+    perm = reptile(small_model, inner_lr, k, inner_batch=n).task_grad(
+        meta, Episode(episode.support, episode.query), key)[0]
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(perm)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="larger than the support set"):
+        reptile(small_model, inner_lr, k, inner_batch=n + 1).task_grad(
+            meta, Episode(episode.support, episode.query), key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from jmeta.algorithms._gradient import LossFn, MetricFn, _check_steps, query_metrics
-from jmeta.core._inner import InnerRule, inner_loop, mse_loss
+from jmeta.core._inner import InnerRule, inner_loop, mse_loss, support_minibatches
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.inner._rules import sgd
@@ -20,13 +20,20 @@ def reptile(
     loss_fn: LossFn = mse_loss,
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
+    inner_batch: int | None = None,
 ) -> MetaLearner:
     """Reptile: the meta-gradient of a task is ``meta_params - adapted_params``.
 
     With ``optax.sgd(eps)`` as the outer optimizer the meta-step is exactly Reptile's
     ``theta <- theta + eps * mean_i(phi_i - theta)``; any optax optimizer may be used instead.
     The inner loop runs plain SGD at ``inner_lr`` unless ``rule`` is given (e.g.
-    ``jmeta.inner.from_optax(optax.adam(1e-3))`` as in the paper).
+    ``jmeta.inner.from_optax(optax.adam(1e-3, b1=0.0))`` as in the paper).
+
+    ``inner_batch``: in meta-training, each inner step takes a minibatch of this many support
+    examples, drawn without replacement and reshuffled when the set is used up (the paper trains
+    on 10 "train shots" per class in minibatches of 10: set the sampler's support size to the
+    train shots). ``None`` takes full-batch steps. Adaptation at test time (``adapt``) always
+    uses the whole support set.
 
     Example:
       >>> import jax, optax
@@ -41,6 +48,8 @@ def reptile(
       ['grad_norm', 'loss', 'support_loss_before']
     """
     _check_steps("reptile", num_steps)
+    if inner_batch is not None and (not isinstance(inner_batch, int) or inner_batch < 1):
+        raise ValueError(f"inner_batch must be a positive int or None; got {inner_batch!r}.")
     rule = rule if rule is not None else sgd(inner_lr)
 
     def init(key: PRNGKey) -> Params:
@@ -59,7 +68,18 @@ def reptile(
 
     def task_grad(meta, episode: Episode, key):
         meta = jax.lax.stop_gradient(meta)
-        params, trace = adapt(meta, episode.support, key=key)
+        if inner_batch is None:
+            params, trace = adapt(meta, episode.support, key=key)
+        else:
+            n = jax.tree.leaves(episode.support)[0].shape[0]
+            if inner_batch > n:
+                raise ValueError(
+                    f"inner_batch={inner_batch} is larger than the support set ({n} examples); "
+                    "lower inner_batch or sample more shots per class in training."
+                )
+            batches = support_minibatches(key, episode.support, num_steps, inner_batch)
+            params, trace = inner_loop(batch_loss, rule, meta["model"], meta["rule"], batches,
+                                       num_steps, per_step_batches=True)
         grads = {
             "model": jax.tree.map(lambda m, p: m - p, meta["model"], params),
             "rule": jax.tree.map(lambda r: 0.0 * r, meta["rule"]),

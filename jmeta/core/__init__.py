@@ -2,6 +2,7 @@
 
 from jmeta.core._inner import InnerRule as InnerRule
 from jmeta.core._inner import inner_loop as inner_loop
+from jmeta.core._inner import support_minibatches as support_minibatches
 from jmeta.core._inner import mse_loss as mse_loss
 from jmeta.core._meta import TASK_MAPS as TASK_MAPS
 from jmeta.core._meta import MetaLearner as MetaLearner

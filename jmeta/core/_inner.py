@@ -54,6 +54,7 @@ def inner_loop(
     remat: bool = False,
     mask: PyTree | None = None,
     eval_fn: Callable[[Params], PyTree] | None = None,
+    per_step_batches: bool = False,
 ) -> tuple[Params, dict]:
     """Adapts ``params`` to one task: ``num_steps`` steps of ``rule`` on the support loss.
 
@@ -65,7 +66,9 @@ def inner_loop(
       rule: the inner update rule.
       params: the starting parameters (the meta-learned initialisation).
       rule_meta: the learnable pieces of ``rule`` (``()`` for none).
-      support: the batch to adapt on.
+      support: the batch to adapt on; with ``per_step_batches`` its leaves carry a leading
+        axis of length ``num_steps`` and step ``t`` uses ``support[t]`` (minibatches, as
+        Reptile's inner loop; see :func:`support_minibatches`).
       num_steps: number of inner steps (a Python int, >= 0).
       first_order: stop gradients through the inner gradients (first-order MAML); the
         meta-gradient then ignores second-derivative terms.
@@ -77,6 +80,7 @@ def inner_loop(
         head only). ``None`` adapts everything.
       eval_fn: optional ``params -> pytree`` evaluated after every step (for example the query
         loss); its values are stacked along a leading step axis in the returned trace.
+      per_step_batches: ``support`` holds one batch per step (see above).
 
     Returns:
       ``(adapted_params, trace)`` where ``trace["support_loss"][t]`` is the support loss before
@@ -96,14 +100,22 @@ def inner_loop(
             f"num_steps must be a non-negative Python int (it fixes the scan length); got "
             f"{num_steps!r}."
         )
+    if per_step_batches:
+        lengths = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(support)}
+        if lengths != {num_steps}:
+            raise ValueError(
+                f"per_step_batches needs support leaves with a leading axis of num_steps="
+                f"{num_steps}; got leading sizes {sorted(map(str, lengths))}."
+            )
     adapted, frozen = partition(params, mask)
 
     def full(a):
         return combine(a, frozen)
 
-    def step(carry, _):
+    def step(carry, batch):
         a, state = carry
-        loss, grads = jax.value_and_grad(lambda a_: loss_fn(full(a_), support))(a)
+        batch = batch if per_step_batches else support
+        loss, grads = jax.value_and_grad(lambda a_: loss_fn(full(a_), batch))(a)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
         updates, state = rule.update(grads, state, a, rule_meta)
@@ -115,8 +127,34 @@ def inner_loop(
 
     if remat:
         step = jax.checkpoint(step)
-    (adapted, _), trace = jax.lax.scan(step, (adapted, rule.init(adapted)), None, length=num_steps)
+    xs = support if per_step_batches else None
+    (adapted, _), trace = jax.lax.scan(step, (adapted, rule.init(adapted)), xs, length=num_steps)
     return full(adapted), trace
+
+
+def support_minibatches(key: PRNGKey, support: Batch, num_steps: int, batch_size: int) -> Batch:
+    """``num_steps`` minibatches of ``batch_size`` examples drawn from ``support`` without
+    replacement, reshuffling whenever the set is used up (Reptile's inner-loop batches).
+
+    Returns a :class:`Batch` whose leaves have a leading axis of ``num_steps``; pass it to
+    :func:`inner_loop` with ``per_step_batches=True``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> b = support_minibatches(jax.random.key(0), Batch(jnp.arange(6.0), jnp.arange(6)), 3, 4)
+      >>> b.x.shape
+      (3, 4)
+      >>> sorted(b.y[:1].ravel().tolist() + b.y[1, :2].tolist()) == list(range(6))
+      True
+    """
+    n = jax.tree.leaves(support)[0].shape[0]
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be 1..{n} (the support size); got {batch_size}.")
+    epochs = -(-num_steps * batch_size // n)
+    keys = jax.random.split(key, epochs)
+    order = jnp.concatenate([jax.random.permutation(k, n) for k in keys])
+    idx = order[: num_steps * batch_size].reshape(num_steps, batch_size)
+    return jax.tree.map(lambda leaf: leaf[idx], support)
 
 
 def mse_loss(pred: jax.Array, y: jax.Array) -> jax.Array:

@@ -27,7 +27,8 @@ from jmeta.models._conv4 import conv4
 from jmeta.models._resnet12 import resnet12
 from jmeta.models._batchnorm import estimate_batch_stats
 from jmeta.models._mlp import mlp
-from jmeta.train._config import CLASSIFICATION, METRIC, TRANSFER, Config, ConfigError
+from jmeta.train._config import (CLASSIFICATION, METRIC, TRANSFER, Config, ConfigError,
+                                 train_shots)
 
 EVAL_CHUNK = 50  # test tasks gathered at a time (bounds memory for large episodes)
 
@@ -170,14 +171,16 @@ def build_task(cfg: Config, *, need_train: bool = True) -> Task:
             yield sinusoid_tasks(key, n, cfg.k_shot, eval_queries(cfg))
 
         return Task(cfg, _dtype(cfg, mlp(1, 1, hidden=cfg.hidden)), mse_loss, None, "query MSE",
-                    sinusoid_sampler(cfg.meta_batch_size, cfg.k_shot, queries(cfg)), None, sinusoid_test)
+                    sinusoid_sampler(cfg.meta_batch_size, train_shots(cfg), queries(cfg)), None,
+                    sinusoid_test)
 
     try:
         train = load_split(cfg, "train") if need_train else None
         test = load_split(cfg, cfg.eval_split)
-        for ds, w, q in ((train, cfg.ways, queries(cfg)), (test, test_ways(cfg), eval_queries(cfg))):
+        for ds, w, k, q in ((train, cfg.ways, train_shots(cfg), queries(cfg)),
+                            (test, test_ways(cfg), cfg.k_shot, eval_queries(cfg))):
             if ds is not None:
-                ds.check_episode(w, cfg.k_shot, q)
+                ds.check_episode(w, k, q)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"{cfg.task}: {err}") from err
     model = _dtype(cfg, _classifier(cfg, test.example_shape))
@@ -186,10 +189,10 @@ def build_task(cfg: Config, *, need_train: bool = True) -> Task:
         device = class_batch_sampler(train, cfg.pretrain_batch, num_tasks=cfg.meta_batch_size,
                                      augment_rotations=cfg.augment_rotations)
     elif need_train and cfg.sampler == "device":
-        device = device_sampler(train, cfg.ways, cfg.k_shot, queries(cfg), cfg.meta_batch_size,
+        device = device_sampler(train, cfg.ways, train_shots(cfg), queries(cfg), cfg.meta_batch_size,
                                 augment_rotations=cfg.augment_rotations)
     elif need_train:
-        host = HostSampler(train, cfg.ways, cfg.k_shot, queries(cfg), cfg.meta_batch_size,
+        host = HostSampler(train, cfg.ways, train_shots(cfg), queries(cfg), cfg.meta_batch_size,
                            seed=cfg.seed, augment_rotations=cfg.augment_rotations)
 
     def test_tasks(key, n, split):
@@ -251,7 +254,7 @@ def _rule(cfg: Config):
     if cfg.inner_rule == "lslr":
         return lslr(cfg.inner_lr, cfg.inner_steps)
     if cfg.inner_rule == "adam":
-        return from_optax(optax.adam(cfg.inner_lr))
+        return from_optax(optax.adam(cfg.inner_lr, b1=cfg.inner_beta1))
     return sgd(cfg.inner_lr)
 
 
@@ -301,7 +304,8 @@ def build_learner(cfg: Config, task: Task) -> MetaLearner:
                                     metric_fn=task.metric_fn)
     if cfg.algorithm == "reptile":
         return algorithms.reptile(model, cfg.inner_lr, cfg.inner_steps, rule=_rule(cfg),
-                                  loss_fn=task.loss_fn, metric_fn=task.metric_fn)
+                                  loss_fn=task.loss_fn, metric_fn=task.metric_fn,
+                                  inner_batch=cfg.inner_batch or None)
     if cfg.algorithm == "mamlpp":
         return algorithms.mamlpp(
             model, num_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,

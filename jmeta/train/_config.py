@@ -55,6 +55,7 @@ class Config:
     inner_rule: str = "default"  # "default" = the algorithm's own (SGD; learned rates for metasgd)
     k_shot: int = 10  # support points per task (shots per class for classification)
     k_query: int = 0  # query points per task (per class); 0 = k_shot (sinusoid) or 15 (classes)
+    train_shots: int = 0  # support shots per class in training episodes; 0 = k_shot (Reptile: 10)
     ways: int = 5  # classes per episode (classification)
     model: str = "mlp"  # "mlp" (hidden sizes below) or "conv4" (classification tasks)
     hidden: tuple = (40, 40)
@@ -79,6 +80,8 @@ class Config:
     inner_lr: float = 0.01
     metasgd_init_lr: tuple = (0.005, 0.1)  # Meta-SGD rates: U[low, high] per coordinate
     first_order: bool = False
+    inner_batch: int = 0  # reptile: examples per inner step in training (minibatches); 0 = all
+    inner_beta1: float = 0.9  # inner_rule="adam": first-moment decay (Reptile uses 0)
     # MAML++: multi-step loss annealed to the last step over msl_anneal_steps meta-steps;
     # first-order meta-gradients while the meta-step < first_order_until; per-step BatchNorm
     # weights and biases (Conv-4's bn_* parameters).
@@ -249,10 +252,23 @@ def validate(cfg: Config) -> Config:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1; got {getattr(cfg, key)}.")
-    for key in ("k_query", "eval_k_query", "chunk_size", "baseline_steps", "seed", "image_size",
+    for key in ("k_query", "train_shots", "inner_batch", "eval_k_query", "chunk_size", "baseline_steps", "seed", "image_size",
                 "mesh_data"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0; got {getattr(cfg, key)}.")
+    if cfg.inner_batch and cfg.algorithm != "reptile":
+        raise ConfigError(f"inner_batch (inner-loop minibatches) is a reptile option; "
+                          f"{cfg.algorithm} adapts on the whole support set: leave inner_batch=0.")
+    if cfg.inner_batch and cfg.task != "sinusoid" and cfg.inner_batch > cfg.ways * train_shots(cfg):
+        raise ConfigError(
+            f"inner_batch={cfg.inner_batch} exceeds the training support set (ways x train_shots "
+            f"= {cfg.ways * train_shots(cfg)}): lower inner_batch or raise train_shots."
+        )
+    if cfg.inner_batch and cfg.task == "sinusoid" and cfg.inner_batch > train_shots(cfg):
+        raise ConfigError(f"inner_batch={cfg.inner_batch} exceeds the training support set "
+                          f"({train_shots(cfg)} points): lower inner_batch or raise train_shots.")
+    if not 0 <= cfg.inner_beta1 < 1:
+        raise ConfigError(f"inner_beta1 must be in [0, 1); got {cfg.inner_beta1}.")
     if not 0 <= cfg.film_layer < 4:
         raise ConfigError(f"film_layer must be 0..3 (a Conv-4 block); got {cfg.film_layer}.")
     for key in ("inner_lr", "meta_lr", "imaml_lam", "finetune_lr"):
@@ -275,6 +291,11 @@ def validate(cfg: Config) -> Config:
             f"({cfg.chunk_size}) for task_map='map'."
         )
     return cfg
+
+
+def train_shots(cfg: Config) -> int:
+    """Support shots per class (points, for regression) of the training episodes."""
+    return cfg.train_shots or cfg.k_shot
 
 
 # Fields a resumed run may change: they do not alter the trajectory of meta-training.
