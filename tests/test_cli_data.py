@@ -2,8 +2,10 @@
 
 import json
 
+import numpy as np
 import pytest
 
+import jmeta
 from jmeta.cli import main
 from tests.conftest import SHARED_DATA
 
@@ -59,3 +61,20 @@ def test_protonets_conv4_on_omniglot(omniglot_root, data_cache, tmp_path, capsys
     assert main(args) == 0
     ev = json.loads((run / "eval.json").read_text())
     assert ev["results"]["protonets"]["1"]["mean"] > 30  # chance is 20%
+
+
+@pytest.mark.slow
+def test_mamlpp_with_per_step_running_statistics(omniglot_root, data_cache, tmp_path, capsys):
+    run = tmp_path / "mamlpp"
+    args = ["train", "configs/omniglot_mamlpp.py:5w1s", "num_steps=20", "save_every=10",
+            "log_every=10", "filters=8", "meta_batch_size=2", "inner_steps=2", "bn_mode='running'",
+            "bn_batches=3", "val_tasks=10", "eval_tasks=20", "eval_steps=(0,2,4)",
+            f"cache_dir={str(data_cache)!r}", "--data-dir", str(SHARED_DATA), "--run-dir",
+            str(run), "--no-progress"]
+    assert main(args) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    r = ev["results"]["mamlpp"]
+    assert r["2"]["mean"] > r["0"]["mean"]
+    trained = jmeta.load(run)
+    mean = np.asarray(trained.meta_params["model"]["bn_3"]["mean"])
+    assert mean.shape == (3, 8) and not np.allclose(mean[0], mean[2])  # one slice per step

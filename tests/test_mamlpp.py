@@ -303,3 +303,61 @@ def test_bad_arguments_raise_clear_errors():
         BN_LEARNER.task_grad(meta, Episode(b, b), jax.random.key(0))
     assert BN_LEARNER.uses_step and BN_LEARNER.num_steps == 2
 
+
+
+def _running_conv4_learner(eval_mode=False):
+    from jmeta.core import cross_entropy_loss
+    from jmeta.models import conv4
+
+    model = conv4(1, 3, filters=4, image_size=16, bn_mode="running")
+    used = model._replace(apply=model.eval_apply) if eval_mode else model
+    return model, mamlpp(used, num_steps=2, inner_lr=0.5, loss_fn=cross_entropy_loss)
+
+
+def _image_episode(seed):
+    x = jax.random.normal(jax.random.key(seed), (9, 16, 16, 1))
+    y = jnp.arange(9) % 3
+    return Episode(Batch(x[:3], y[:3]), Batch(x, y))
+
+
+def test_per_step_running_stats_are_those_of_the_network_after_k_steps():
+    from jmeta.algorithms import per_step_batch_stats
+
+    model, learner = _running_conv4_learner()
+    meta = learner.init(jax.random.key(0))
+    episodes = [_image_episode(s) for s in (1, 2)]
+    got = per_step_batch_stats(model, learner, meta, episodes)
+    assert got["bn_0"]["mean"].shape == (3, 4) and got["bn_3"]["var"].shape == (3, 4)
+    for k in range(3):  # explicitly: adapt k steps, then the query batch's statistics
+        want = []
+        for ep in episodes:
+            params, _ = learner.adapt(meta, ep.support, num_steps=k)
+            want.append(model.stats_apply(params, ep.query.x))
+        for layer in ("bn_0", "bn_3"):
+            for stat in ("mean", "var"):
+                expect = np.mean([w[layer][stat] for w in want], axis=0)
+                np.testing.assert_allclose(got[layer][stat][k], expect, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got["bn_3"]["mean"][0], got["bn_3"]["mean"][2])
+    # Everything but the statistics is unchanged.
+    np.testing.assert_array_equal(got["conv_0"]["kernel"], meta["model"]["conv_0"]["kernel"])
+    np.testing.assert_array_equal(got["bn_0"]["scale"], meta["model"]["bn_0"]["scale"])
+
+
+def test_test_mode_normalises_step_k_with_slice_k():
+    from jmeta.algorithms import per_step_batch_stats
+
+    model, learner = _running_conv4_learner()
+    _, test_learner = _running_conv4_learner(eval_mode=True)
+    meta = learner.init(jax.random.key(0))
+    ep = _image_episode(3)
+    meta = dict(meta, model=per_step_batch_stats(model, learner, meta, [ep]))
+    shifted = jax.tree.map(lambda a: a, meta)
+    shifted["model"]["bn_3"]["mean"] = meta["model"]["bn_3"]["mean"].at[2].add(5.0)
+
+    def outputs(m, k):
+        params, _ = test_learner.adapt(m, ep.support, num_steps=k)
+        return test_learner.predict(params, ep.query.x)
+
+    for k in (0, 1):  # slice 2 is not used before the second step
+        np.testing.assert_array_equal(outputs(meta, k), outputs(shifted, k))
+    assert not np.allclose(outputs(meta, 2), outputs(shifted, 2))

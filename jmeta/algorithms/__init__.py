@@ -8,6 +8,7 @@ from jmeta.algorithms._gradient import maml as maml
 from jmeta.algorithms._gradient import metasgd as metasgd
 from jmeta.algorithms._mamlpp import mamlpp as mamlpp
 from jmeta.algorithms._mamlpp import msl_weights as msl_weights
+from jmeta.algorithms._mamlpp import per_step_batch_stats as per_step_batch_stats
 from jmeta.algorithms._reptile import reptile as reptile
 from jmeta.algorithms._protonets import protonets as protonets
 from jmeta.algorithms._cavia import ContextModel as ContextModel

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -87,9 +87,11 @@ def mamlpp(
       of weights that have taken ``k`` inner steps: the support pass of inner step ``k`` (0-based)
       and the query pass after ``k`` steps; slice 0 is also the unadapted model's. These
       parameters are meta-learned only (the inner loop does not adapt them), and each slice gets
-      its own meta-gradient. Normalisation uses the statistics of the batch being normalised
-      (transductive BatchNorm, as :func:`jmeta.models.conv4`), so the paper's per-step running
-      statistics are not needed. With ``per_step_bn=False`` no leaf gets an extra axis and the
+      its own meta-gradient. With a transductive model (``bn_mode="transductive"``)
+      normalisation uses the statistics of the batch being normalised. With
+      ``bn_mode="running"`` the ``mean``/``var`` leaves get the step axis too: the paper's
+      per-step running statistics, filled by :func:`per_step_batch_stats` and used at test time
+      by ``model.eval_apply``. With ``per_step_bn=False`` no leaf gets an extra axis and the
       inner loop adapts every parameter, BatchNorm's included (as MAML).
     * **Multi-step loss (MSL)**: the meta-objective is ``sum_i w_i * query_loss(after step
       i+1)`` with the weights of :func:`msl_weights` at the current meta-step, annealed over
@@ -302,3 +304,77 @@ def mamlpp(
         num_steps=n_train,
         uses_step=True,
     )
+
+
+def per_step_batch_stats(model: Model, learner: MetaLearner, meta: Params,
+                         episodes: Iterable[Episode]) -> Params:
+    """MAML++'s per-step BatchNorm running statistics, estimated as population statistics.
+
+    With a model built with ``bn_mode="running"`` and ``mamlpp(..., per_step_bn=True)``, the
+    BatchNorm ``mean``/``var`` leaves of ``meta["model"]`` carry the per-step axis like the
+    BatchNorm weights: slice ``k`` normalises the network after ``k`` inner steps at test time
+    (``model.eval_apply``). This fills slice ``k`` with the statistics of the network adapted
+    ``k`` steps: for every episode, the learner adapts on the support set (batch statistics, as in
+    training) and the query images are passed through the network after each step; the per-batch
+    means and variances are averaged over the episodes, per step (the paper keeps a running
+    average of the same quantities during training). Returns ``meta["model"]`` with those leaves
+    replaced.
+
+    Args:
+      model: the training-mode model (with ``stats_apply``), as given to :func:`mamlpp`.
+      learner: the :func:`mamlpp` learner built on ``model``.
+      meta: its meta-parameters ``{"model": ..., "rule": ...}``.
+      episodes: a non-empty iterable of single :class:`jmeta.core.Episode` (training tasks).
+
+    Example:
+      >>> import jax
+      >>> from jmeta.core import Batch, Episode
+      >>> from jmeta.core._losses import cross_entropy_loss
+      >>> from jmeta.models import conv4
+      >>> model = conv4(1, 3, filters=4, image_size=16, bn_mode="running")
+      >>> learner = mamlpp(model, num_steps=2, loss_fn=cross_entropy_loss)
+      >>> meta = learner.init(jax.random.key(0))
+      >>> x = jax.random.normal(jax.random.key(1), (6, 16, 16, 1))
+      >>> ep = Episode(Batch(x[:3], jax.numpy.arange(3)), Batch(x, jax.numpy.arange(6) % 3))
+      >>> per_step_batch_stats(model, learner, meta, [ep])["bn_0"]["mean"].shape
+      (3, 4)
+    """
+    if getattr(model, "stats_apply", None) is None:
+        raise ValueError(
+            "per_step_batch_stats: the model keeps no BatchNorm statistics; build it with "
+            "bn_mode='running'.")
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    base_ndim = jax.tree.map(lambda s: len(s.shape), shapes)
+    n_train = learner.num_steps
+
+    def slice0(params):
+        return jax.tree.map(lambda p, nd: p[0] if p.ndim == nd + 1 else p, params, base_ndim)
+
+    @jax.jit
+    def one(meta, episode):
+        x = episode.query.x
+        first = model.stats_apply(slice0(meta["model"]), x)
+        _, trace = learner.adapt(meta, episode.support, num_steps=n_train,
+                                 eval_fn=lambda p: model.stats_apply(p, x))
+        return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, trace["eval"])
+
+    total, count = None, 0
+    for episode in episodes:
+        stats = one(meta, episode)
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        count += 1
+    if count == 0:
+        raise ValueError("per_step_batch_stats: `episodes` is empty; pass at least one episode.")
+    mean = jax.tree.map(lambda t: t / count, total)
+
+    def put(params, stats):
+        if isinstance(stats, dict):
+            return {k: (put(v, stats[k]) if k in stats else v) for k, v in params.items()}
+        if params.shape != stats.shape:
+            raise ValueError(
+                f"per_step_batch_stats: a BatchNorm statistic has shape {params.shape} but the "
+                f"per-step estimate has {stats.shape}; build mamlpp with per_step_bn=True on a "
+                "bn_mode='running' model (its bn_paths must select the mean/var leaves).")
+        return stats.astype(params.dtype)
+
+    return put(meta["model"], mean)

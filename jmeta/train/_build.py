@@ -16,7 +16,7 @@ from jmeta import algorithms
 from jmeta.core._inner import mse_loss
 from jmeta.core._losses import accuracy, cross_entropy_loss
 from jmeta.core._meta import MetaLearner
-from jmeta.core._types import PRNGKey, TaskBatch
+from jmeta.core._types import Episode, PRNGKey, TaskBatch
 from jmeta.data._dataset import ClassDataset
 from jmeta.data._class_batches import class_batch_sampler
 from jmeta.data._samplers import HostSampler, device_sampler
@@ -45,7 +45,11 @@ class Task:
     train_sampler: Callable[[PRNGKey], TaskBatch] | None  # in-graph sampler, or None
     host_sampler: HostSampler | None
     test_tasks: Callable[[PRNGKey, int, str], Iterator[TaskBatch]]
-    train_images: Callable[[PRNGKey, int], Iterator[jax.Array]] | None = None
+    train_episodes: Callable[[PRNGKey, int], Iterator[Episode]] | None = None
+
+    def train_images(self, key: PRNGKey, n: int) -> Iterator[jax.Array]:
+        """``n`` batches of training images (the query sets of training episodes)."""
+        return (episode.query.x for episode in self.train_episodes(key, n))
 
     @property
     def classification(self) -> bool:
@@ -71,6 +75,10 @@ def test_params(task: Task, meta, key: PRNGKey):
     statistics estimated from ``bn_batches`` batches of training images."""
     if task.cfg.bn_mode != "running":
         return meta
+    if task.cfg.algorithm == "mamlpp" and task.cfg.per_step_bn:
+        learner = build_learner(task.cfg, task)
+        episodes = task.train_episodes(key, task.cfg.bn_batches)
+        return dict(meta, model=algorithms.per_step_batch_stats(task.model, learner, meta, episodes))
     stats = estimate_batch_stats(task.model, meta["model"], task.train_images(key, task.cfg.bn_batches))
     return dict(meta, model=stats)
 
@@ -202,15 +210,15 @@ def build_task(cfg: Config, *, need_train: bool = True) -> Task:
             sample = _eval_sampler(ds, test_ways(cfg), cfg.k_shot, eval_queries(cfg), size)
             yield sample(jax.random.fold_in(key, i))
 
-    def train_images(key, n):
-        """``n`` batches of training images (the query sets of training episodes)."""
+    def train_episodes(key, n):
+        """``n`` single training episodes (test-time shots, training ways and queries)."""
         ds = train if train is not None else load_split(cfg, "train")
         sample = _eval_sampler(ds, cfg.ways, cfg.k_shot, queries(cfg), 1)
         for i in range(n):
-            yield sample(jax.random.fold_in(key, i)).query.x[0]
+            yield jax.tree.map(lambda a: a[0], sample(jax.random.fold_in(key, i)))
 
     return Task(cfg, model, cross_entropy_loss, accuracy, "query accuracy (%)", device, host,
-                test_tasks, train_images)
+                test_tasks, train_episodes)
 
 
 IMAGE_FORMATS = {

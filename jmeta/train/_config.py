@@ -216,9 +216,12 @@ def validate(cfg: Config) -> Config:
     _choice("sampler", cfg.sampler, SAMPLERS)
     _choice("model", cfg.model, MODELS)
     _choice("bn_mode", cfg.bn_mode, BN_MODES)
-    if cfg.bn_mode == "running" and cfg.algorithm in ("mamlpp", "cavia"):
-        raise ConfigError(f"{cfg.algorithm} keeps BatchNorm in batch-statistics mode "
-                          "(per-step weights, no running statistics): use bn_mode='transductive'.")
+    if cfg.bn_mode == "running" and cfg.algorithm == "cavia":
+        raise ConfigError("cavia keeps BatchNorm in batch-statistics mode: use "
+                          "bn_mode='transductive'.")
+    if cfg.bn_mode == "running" and cfg.algorithm == "mamlpp" and not cfg.per_step_bn:
+        raise ConfigError("mamlpp with bn_mode='running' keeps per-step statistics: set "
+                          "per_step_bn=True (or use bn_mode='transductive').")
     if cfg.bn_mode == "running" and cfg.model == "mlp":
         raise ConfigError("bn_mode='running' needs a model with BatchNorm (conv4 or resnet12).")
     if cfg.model == "resnet12" and cfg.algorithm in ("cavia",):
