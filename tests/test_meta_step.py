@@ -166,3 +166,23 @@ def test_reptile_minibatches_follow_the_drawn_batches(small_model, tasks):
     with pytest.raises(ValueError, match="larger than the support set"):
         reptile(small_model, inner_lr, k, inner_batch=n + 1).task_grad(
             meta, Episode(episode.support, episode.query), key)
+
+
+@pytest.mark.parametrize("factory", ["maml", "reptile"])
+def test_unrolled_inner_loop_gives_the_rolled_values(small_model, tasks, factory):
+    from jmeta.algorithms import maml as maml_, reptile as reptile_
+    from jmeta.core import default_inner_unroll
+
+    build = {"maml": maml_, "reptile": reptile_}[factory]
+    tx = optax.adam(1e-3)
+    results = []
+    for unroll in (False, True):
+        learner = build(small_model, 0.02, 3, unroll=unroll)
+        state = init_state(learner, tx, jax.random.key(0))
+        new, metrics = make_meta_step(learner, tx, donate=False)(state, tasks)
+        results.append((new.params, metrics["loss"]))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert default_inner_unroll("conv", "cpu") and not default_inner_unroll("dense", "cpu")
+    with pytest.raises(ValueError, match="unroll must be True, False or None"):
+        build(small_model, 0.02, 3, unroll=4)

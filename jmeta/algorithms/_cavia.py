@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jmeta.algorithms._gradient import LossFn, MetricFn, _check_steps
-from jmeta.core._inner import inner_loop, mse_loss
+from jmeta.core._inner import inner_loop, mse_loss, resolve_unroll
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.inner._rules import sgd
@@ -229,6 +229,7 @@ def cavia(
     loss_fn: LossFn = mse_loss,
     first_order: bool = False,
     metric_fn: MetricFn | None = None,
+    unroll: bool | None = None,
 ) -> MetaLearner:
     """CAVIA: the inner loop adapts only a context vector; the network is meta-learned.
 
@@ -255,6 +256,8 @@ def cavia(
       loss_fn: ``(outputs, targets) -> scalar``.
       first_order: ignore the dependence of the adapted context on ``theta``.
       metric_fn: optional ``(outputs, targets) -> dict`` of extra query metrics.
+      unroll: unroll inner loops of up to ``jmeta.core.MAX_UNROLLED_STEPS`` steps; ``None`` =
+        :func:`jmeta.core.default_inner_unroll` (conv models on CPU). Values are unchanged.
 
     Example:
       >>> import jax, optax
@@ -274,6 +277,7 @@ def cavia(
             f"one with context_mlp, context_conv4 or context_from_nnx; got {type(model).__name__}."
         )
     _check_positive_int("cavia: num_context", num_context)
+    unroll = resolve_unroll(unroll, model.family)
     if model.num_context is not None and model.num_context != num_context:
         raise ValueError(
             f"cavia: num_context={num_context} but the model was built for "
@@ -309,7 +313,7 @@ def cavia(
         mask = {"model": jax.tree.map(lambda _: False, theta), "context": True}
         return inner_loop(
             batch_loss, rule, params, (), support, num_steps,
-            first_order=first_order, mask=mask, eval_fn=eval_fn,
+            first_order=first_order, mask=mask, eval_fn=eval_fn, unroll=unroll,
         )
 
     def task_loss(meta, episode: Episode, key):

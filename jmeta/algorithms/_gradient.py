@@ -6,7 +6,7 @@ from typing import Callable
 
 import jax
 
-from jmeta.core._inner import InnerRule, inner_loop, mse_loss
+from jmeta.core._inner import InnerRule, inner_loop, mse_loss, resolve_unroll
 from jmeta.core._meta import MetaLearner
 from jmeta.core._tree import mask_by_path, partition, path_name
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
@@ -41,6 +41,7 @@ def gradient_learner(
     adapt_filter: Callable[[str], bool] | None = None,
     metric_fn: MetricFn | None = None,
     name: str = "gradient_learner",
+    unroll: bool | None = None,
 ) -> MetaLearner:
     """A learner that adapts by ``num_steps`` steps of ``rule`` and meta-learns by backprop.
 
@@ -60,6 +61,8 @@ def gradient_learner(
         like ``"head/kernel"``); ``None`` adapts all.
       metric_fn: optional ``(outputs, targets) -> dict`` of extra query metrics (e.g. accuracy),
         reported by ``task_grad`` beside the loss.
+      unroll: unroll inner loops of up to ``jmeta.core.MAX_UNROLLED_STEPS`` steps; ``None`` =
+        :func:`jmeta.core.default_inner_unroll` (conv models on CPU). Values are unchanged.
 
     Example (BOIL-style: adapt the body, freeze the head):
       >>> import jax
@@ -71,6 +74,7 @@ def gradient_learner(
       ['head', 'hidden_0', 'hidden_1']
     """
     _check_steps(name, num_steps)
+    unroll = resolve_unroll(unroll, model.family)
 
     def mask_of(params):
         return None if adapt_filter is None else mask_by_path(params, adapt_filter)
@@ -103,6 +107,7 @@ def gradient_learner(
             remat=remat,
             mask=mask_of(meta["model"]),
             eval_fn=eval_fn,
+            unroll=unroll,
         )
 
     def task_loss(meta, episode: Episode, key):
@@ -136,6 +141,7 @@ def maml(
     loss_fn: LossFn = mse_loss,
     first_order: bool = False,
     remat: bool = False,
+    unroll: bool | None = None,
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
@@ -164,6 +170,7 @@ def maml(
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
+        unroll=unroll,
         metric_fn=metric_fn,
         name="maml",
     )
@@ -188,6 +195,7 @@ def metasgd(
     loss_fn: LossFn = mse_loss,
     first_order: bool = False,
     remat: bool = False,
+    unroll: bool | None = None,
     metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
     """Meta-SGD (Li et al. 2017): learn the initialisation and a step size per coordinate.
@@ -206,6 +214,7 @@ def metasgd(
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
+        unroll=unroll,
         metric_fn=metric_fn,
         name="metasgd",
     )
@@ -220,6 +229,7 @@ def anil(
     loss_fn: LossFn = mse_loss,
     first_order: bool = False,
     remat: bool = False,
+    unroll: bool | None = None,
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
@@ -243,6 +253,7 @@ def anil(
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
+        unroll=unroll,
         adapt_filter=lambda path: (path + "/").startswith(prefix),
         metric_fn=metric_fn,
         name="anil",
@@ -258,6 +269,7 @@ def boil(
     loss_fn: LossFn = mse_loss,
     first_order: bool = False,
     remat: bool = False,
+    unroll: bool | None = None,
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
@@ -286,6 +298,7 @@ def boil(
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
+        unroll=unroll,
         adapt_filter=lambda path: not (path + "/").startswith(prefix),
         metric_fn=metric_fn,
         name="boil",

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jmeta.algorithms._gradient import LossFn, MetricFn, _check_steps, query_metrics
-from jmeta.core._inner import InnerRule, inner_loop, mse_loss
+from jmeta.core._inner import InnerRule, inner_loop, mse_loss, resolve_unroll
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.inner._rules import sgd
@@ -97,6 +97,7 @@ def imaml(
     loss_fn: LossFn = mse_loss,
     metric_fn: MetricFn | None = None,
     rule: InnerRule | None = None,
+    unroll: bool | None = None,
 ) -> MetaLearner:
     """iMAML: a proximal inner loop and an implicit meta-gradient (no backprop through the loop).
 
@@ -132,6 +133,9 @@ def imaml(
       rule: an inner rule without learnable pieces (e.g. ``jmeta.inner.from_optax(...)``)
         replacing SGD.
 
+    ``unroll``: unroll inner loops of up to ``jmeta.core.MAX_UNROLLED_STEPS`` steps; ``None`` =
+    :func:`jmeta.core.default_inner_unroll` (conv models on CPU). Values are unchanged.
+
     Example:
       >>> import jax, optax
       >>> from jmeta.core import init_state, make_meta_step
@@ -144,6 +148,7 @@ def imaml(
       >>> sorted(metrics)
       ['grad_norm', 'loss', 'support_loss_before']
     """
+    unroll = resolve_unroll(unroll, model.family)
     _check_steps("imaml", num_steps)
     if rule is None:
         _positive("inner_lr", inner_lr)
@@ -183,7 +188,8 @@ def imaml(
             return batch_loss(params, batch) + (prox - jax.lax.stop_gradient(prox))
 
         return inner_loop(
-            regularised, rule, theta, meta["rule"], support, num_steps, eval_fn=eval_fn
+            regularised, rule, theta, meta["rule"], support, num_steps, eval_fn=eval_fn,
+            unroll=unroll,
         )
 
     def task_grad(meta, episode: Episode, key):

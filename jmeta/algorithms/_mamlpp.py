@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jmeta.algorithms._gradient import LossFn, MetricFn, query_metrics
-from jmeta.core._inner import mse_loss
+from jmeta.core._inner import MAX_UNROLLED_STEPS, mse_loss, resolve_unroll
 from jmeta.core._meta import MetaLearner
 from jmeta.core._tree import combine, mask_by_path, partition, path_name
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
@@ -74,6 +74,7 @@ def mamlpp(
     loss_fn: LossFn = mse_loss,
     metric_fn: MetricFn | None = None,
     remat: bool = False,
+    unroll: bool | None = None,
 ) -> MetaLearner:
     """MAML++: MAML with the stabilising and speeding-up changes of Antoniou et al. (2019).
 
@@ -134,6 +135,8 @@ def mamlpp(
       loss_fn: ``(outputs, targets) -> scalar``, for both the inner loop and the query.
       metric_fn: optional ``(outputs, targets) -> dict`` of extra query metrics.
       remat: ``jax.checkpoint`` each inner step (see :func:`jmeta.core.inner_loop`).
+      unroll: unroll inner loops of up to ``jmeta.core.MAX_UNROLLED_STEPS`` steps; ``None`` =
+        :func:`jmeta.core.default_inner_unroll` (conv models on CPU). Values are unchanged.
 
     Example (sinusoid regression: no BatchNorm, so ``per_step_bn=False``):
       >>> import jax, optax
@@ -160,6 +163,7 @@ def mamlpp(
     if not callable(bn_paths):
         raise ValueError(f"mamlpp: bn_paths must be a function path -> bool; got {bn_paths!r}.")  # noqa: TRY004
     rule = lslr(inner_lr, num_steps)  # validates inner_lr
+    unroll = resolve_unroll(unroll, model.family)
     n_train = num_steps
     n_slices = n_train + 1
 
@@ -237,7 +241,8 @@ def mamlpp(
         if remat:
             step = jax.checkpoint(step)
         (adapted, _), trace = jax.lax.scan(
-            step, (adapted, rule.init(adapted)), jnp.arange(steps, dtype=jnp.int32)
+            step, (adapted, rule.init(adapted)), jnp.arange(steps, dtype=jnp.int32),
+            unroll=(unroll and steps <= MAX_UNROLLED_STEPS) or 1,
         )
         return full(adapted, steps), trace
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from jmeta.algorithms._gradient import LossFn, MetricFn, _check_steps, query_metrics
-from jmeta.core._inner import InnerRule, inner_loop, mse_loss, support_minibatches
+from jmeta.core._inner import InnerRule, inner_loop, mse_loss, resolve_unroll, support_minibatches
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.inner._rules import sgd
@@ -21,6 +21,7 @@ def reptile(
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
     inner_batch: int | None = None,
+    unroll: bool | None = None,
 ) -> MetaLearner:
     """Reptile: the meta-gradient of a task is ``meta_params - adapted_params``.
 
@@ -34,6 +35,9 @@ def reptile(
     on 10 "train shots" per class in minibatches of 10: set the sampler's support size to the
     train shots). ``None`` takes full-batch steps. Adaptation at test time (``adapt``) always
     uses the whole support set.
+
+    ``unroll``: unroll inner loops of up to ``jmeta.core.MAX_UNROLLED_STEPS`` steps; ``None`` =
+    :func:`jmeta.core.default_inner_unroll` (conv models on CPU). Values are unchanged.
 
     Example:
       >>> import jax, optax
@@ -51,6 +55,7 @@ def reptile(
     if inner_batch is not None and (not isinstance(inner_batch, int) or inner_batch < 1):
         raise ValueError(f"inner_batch must be a positive int or None; got {inner_batch!r}.")
     rule = rule if rule is not None else sgd(inner_lr)
+    unroll = resolve_unroll(unroll, model.family)
 
     def init(key: PRNGKey) -> Params:
         model_key, rule_key = jax.random.split(key)
@@ -63,7 +68,8 @@ def reptile(
     def adapt(meta, support, *, num_steps=num_steps, key=None, eval_fn=None, first_order=True):
         del key, first_order
         return inner_loop(
-            batch_loss, rule, meta["model"], meta["rule"], support, num_steps, eval_fn=eval_fn
+            batch_loss, rule, meta["model"], meta["rule"], support, num_steps, eval_fn=eval_fn,
+            unroll=unroll,
         )
 
     def task_grad(meta, episode: Episode, key):
@@ -79,7 +85,7 @@ def reptile(
                 )
             batches = support_minibatches(key, episode.support, num_steps, inner_batch)
             params, trace = inner_loop(batch_loss, rule, meta["model"], meta["rule"], batches,
-                                       num_steps, per_step_batches=True)
+                                       num_steps, per_step_batches=True, unroll=unroll)
         grads = {
             "model": jax.tree.map(lambda m, p: m - p, meta["model"], params),
             "rule": jax.tree.map(lambda r: 0.0 * r, meta["rule"]),

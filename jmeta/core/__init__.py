@@ -1,6 +1,8 @@
 """The functional core: types, the inner loop, task mapping and the meta-step."""
 
 from jmeta.core._inner import InnerRule as InnerRule
+from jmeta.core._inner import MAX_UNROLLED_STEPS as MAX_UNROLLED_STEPS
+from jmeta.core._inner import default_inner_unroll as default_inner_unroll
 from jmeta.core._inner import inner_loop as inner_loop
 from jmeta.core._inner import support_minibatches as support_minibatches
 from jmeta.core._inner import mse_loss as mse_loss
