@@ -81,7 +81,8 @@ def test_incompatible_combinations():
         Config(algorithm="metasgd", inner_rule="lslr").replace()
     with pytest.raises(ConfigError, match="inner_batch .* is a reptile option"):
         Config(algorithm="maml", inner_batch=5).replace()
-    with pytest.raises(ConfigError, match=r"exceeds the training support set \(ways x train_shots = 50\)"):
+    with pytest.raises(ConfigError,
+                       match=r"exceeds the training support set \(ways x train_shots = 50\)"):
         Config(task="omniglot", algorithm="reptile", ways=5, k_shot=1, train_shots=10,
                inner_batch=60).replace()
     Config(task="omniglot", algorithm="reptile", ways=5, k_shot=1, train_shots=10,

@@ -38,7 +38,9 @@ def resolve_unroll(unroll: bool | None, family: str) -> bool:
     if unroll is None:
         return default_inner_unroll(family)
     if not isinstance(unroll, bool):
-        raise ValueError(f"unroll must be True, False or None (the backend's default); got {unroll!r}.")
+        raise ValueError(
+            f"unroll must be True, False or None (the backend's default); got {unroll!r}."
+        )
     return unroll
 
 

@@ -255,7 +255,8 @@ def validate(cfg: Config) -> Config:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1; got {getattr(cfg, key)}.")
-    for key in ("k_query", "train_shots", "inner_batch", "eval_k_query", "chunk_size", "baseline_steps", "seed", "image_size",
+    for key in ("k_query", "train_shots", "inner_batch", "eval_k_query", "chunk_size",
+                "baseline_steps", "seed", "image_size",
                 "mesh_data"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0; got {getattr(cfg, key)}.")
