@@ -9,7 +9,7 @@ DATA ?= ../shared/data
 comma := ,
 
 .PHONY: install demo test test-slow reproduce-maml-sinusoid reproduce-metasgd-sinusoid \
-        reproduce-sinusoid rows bench results clean
+        reproduce-sinusoid rows bench bench-quick bench-extra bench-peers results clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,8 +61,17 @@ reproduce-%: $(STAMP)
 results: $(STAMP)
 	$(BIN)/python benchmarks/results_page.py $(RUNS)/reproduce --records benchmarks/results --out docs/results.md
 
-## Speed: compile time and steady-state meta-steps per second of each task-mapping strategy.
+## Speed: `jmeta bench` on benchmarks/workloads.json (compile s, meta-steps/s, FLOPs, memory),
+## written to benchmarks/results/<hardware>/bench-<suite>.{json,md,png}.
 bench: $(STAMP)
+	$(JMETA) bench core
+	$(JMETA) bench scaling
+
+bench-quick: $(STAMP)
+	$(JMETA) bench quick
+
+## Task-mapping strategies, samplers, memory against inner steps, simulated-device scaling.
+bench-extra: $(STAMP)
 	$(BIN)/python benchmarks/task_map.py
 	$(BIN)/python benchmarks/samplers.py
 	$(BIN)/python benchmarks/memory.py

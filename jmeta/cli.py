@@ -1,5 +1,5 @@
 """The ``jmeta`` command: ``jmeta train CONFIG [key=value ...]``, ``jmeta eval RUN_DIR``,
-``jmeta predict RUN_DIR --support DIR --query DIR`` and ``jmeta data``."""
+``jmeta predict RUN_DIR --support DIR --query DIR``, ``jmeta data`` and ``jmeta bench [SUITE]``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("name", help="omniglot, cifar100 (cifar_fs, fc100), miniimagenet, tieredimagenet")
     d.add_argument("--data-dir", help="dataset folder (default: $JMETA_DATA_DIR, else ~/.cache/jmeta/data)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    b = sub.add_parser("bench", help="compile time, meta-steps/s, FLOPs and memory of benchmark "
+                                     "workloads (JSON + Markdown table)")
+    b.add_argument("suite", nargs="?", default="core",
+                   help="core (every workload of benchmarks/workloads.json), quick (two small "
+                        "ones, fewer repetitions) or scaling (curves); default core")
+    b.add_argument("--workloads", help="comma-separated workload names (a base name selects its "
+                                       "variants; base@key=value runs a variant)")
+    b.add_argument("--reps", type=int, help="timed repetitions per workload (default: the suite's)")
+    b.add_argument("--min-rep-s", type=float, help="seconds each repetition lasts at least")
+    b.add_argument("--timeout", type=float, help="seconds per workload process (default 1800)")
+    b.add_argument("--out", help="output folder (default: benchmarks/results/<hardware>)")
+    b.add_argument("--peak-n", type=int,
+                   help="matrix size of the matmul peak (default 2048 on CPU, 8192 on "
+                        "accelerators; 0 skips it)")
     return p
 
 
@@ -65,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train" and args.num_processes > 1 and "JAX_PROCESS_ID" not in os.environ:
         return _launch(argv, args)
+    if args.command == "bench":
+        return _bench(args)
     # Import after parsing, so `jmeta --help` and usage errors answer without loading JAX.
     from jmeta.distributed import initialize
 
@@ -122,6 +139,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jmeta: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _bench(args) -> int:
+    """``jmeta bench``: one process per workload; bench-<suite>.json and .md (and plots)."""
+    from jmeta.bench import run_suite
+    from jmeta.train import ConfigError
+
+    try:
+        res = run_suite(args.suite, workloads=args.workloads, reps=args.reps,
+                        min_rep_s=args.min_rep_s, timeout=args.timeout, out=args.out,
+                        peak_n=args.peak_n)
+    except (ConfigError, RuntimeError) as err:
+        print(f"jmeta: error: {err}", file=sys.stderr)
+        return 2
+    return 0 if any("error" not in r for r in res["rows"]) else 1
 
 
 def _rows(args) -> int:

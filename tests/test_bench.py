@@ -1,0 +1,131 @@
+"""`jmeta bench`: workload configs, one in-process measurement, FLOP counting, CLI errors and
+the subprocess runner on a tiny suite. Small shapes only: this runs on a loaded CPU."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jmeta import bench
+from jmeta.cli import main
+from jmeta.train import Config
+
+
+@pytest.mark.parametrize("name", sorted(bench.load_workloads()))
+def test_every_workload_maps_to_a_valid_config(name):
+    spec = bench.load_workloads()[name]
+    cfg = bench.workload_config(spec)
+    assert isinstance(cfg, Config) and cfg.replace() == cfg
+    assert (cfg.algorithm, cfg.ways, cfg.meta_batch_size) == (
+        spec["algorithm"], spec["ways"], spec["meta_batch"])
+    assert cfg.task == ("sinusoid" if spec["model"] == "mlp" else
+                        "omniglot" if spec["channels"] == 1 else "miniimagenet")
+    batch = jax.eval_shape(lambda k: bench.synthetic_batch(cfg, spec, k), jax.random.key(0))
+    shots = spec["shots"]
+    if cfg.task != "sinusoid":
+        image = (spec["size"], spec["size"], spec["channels"])
+        assert batch.support.x.shape == (spec["meta_batch"], spec["ways"] * shots) + image
+        assert batch.query.y.shape == (spec["meta_batch"], spec["ways"] * bench.query_size(spec))
+    if spec["algorithm"] == "reptile":
+        assert (cfg.inner_rule, cfg.inner_beta1, cfg.meta_optimizer, cfg.meta_lr) == (
+            "adam", 0.0, "sgd", 1.0)
+        assert cfg.train_shots == shots and cfg.inner_batch == spec["inner_batch"]
+
+
+def test_variants_and_suites():
+    assert bench.parse_name("maml_sinusoid@meta_batch=64,remat=true") == (
+        "maml_sinusoid", {"meta_batch": 64, "remat": True})
+    assert bench.variant_spec("maml_sinusoid@inner_steps=20")["inner_steps"] == 20
+    assert bench.workload_config(bench.variant_spec("maml_sinusoid@remat=true")).remat
+    cpu, gpu = bench.scaling_workloads("cpu"), bench.scaling_workloads("gpu")
+    assert set(cpu) < set(gpu) and "maml_omniglot_5w1s@meta_batch=128" in gpu
+    assert "maml_omniglot_5w1s@inner_steps=10,remat=true" in cpu
+    assert "maml_omniglot_5w1s@inner_steps=20" not in cpu
+    assert bench.select("quick") == ["maml_sinusoid", "protonets_omniglot_5w1s"]
+    with pytest.raises(ValueError, match="unknown key 'metabatch'"):
+        bench.select("core", "maml_sinusoid@metabatch=4")
+    with pytest.raises(ValueError, match="meta_batch_size must be at least 1"):
+        bench.select("core", "maml_sinusoid@meta_batch=0")
+
+
+def test_run_workload_in_process():
+    spec = dict(bench.load_workloads()["maml_sinusoid"], meta_batch=2)
+    row = bench.run_workload("maml_sinusoid@meta_batch=2", spec, reps=2, min_rep_s=0.02)
+    assert row["compile_s"] > 0 and row["flops_per_step"] > 0
+    assert 0 < row["steps_per_sec_min"] <= row["steps_per_sec_median"] <= row["steps_per_sec_max"]
+    assert row["tasks_per_sec"] == pytest.approx(2 * row["steps_per_sec_median"])
+    assert row["achieved_flops_per_sec"] == pytest.approx(
+        row["flops_per_step"] * row["steps_per_sec_median"])
+    assert row["flops_lower_bound"]  # the 5-step inner loop stays a rolled scan on an MLP
+    assert row["peak_host_rss_mb"] > 50 and row["backend"] == jax.default_backend()
+    assert row["peak_device_bytes"] is None or row["peak_device_bytes"] > 0
+    assert row["task_map"] in ("vmap", "map", "unroll") and row["meta_batch"] == 2
+    assert row["loss"] == row["loss"]  # finite, not NaN
+    assert {"device_kind", "jax", "reps", "steps_per_rep"} <= set(row)
+
+
+def test_cost_analysis_counts_a_matmul():
+    m, k, n = 96, 80, 64
+    compiled = jax.jit(jnp.matmul).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
+    assert bench.cost_flops(compiled) == pytest.approx(2 * m * n * k, rel=0.03)
+    assert not bench.has_loops(compiled)
+
+    class Listed:  # older JAX: a list with one dict per program; backends without "flops"
+        def __init__(self, cost):
+            self.cost = cost
+
+        def cost_analysis(self):
+            return self.cost
+
+    assert bench.cost_flops(Listed([{"flops": 10.0}])) == 10.0
+    assert bench.cost_flops(Listed([{}])) is None and bench.cost_flops(Listed(None)) is None
+    assert bench.matmul_peak_flops(n=64, reps=1, min_rep_s=0.001) > 0
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["bench", "nosuch"], "core, quick, scaling"),
+    (["bench", "core", "--workloads", "maml_sinusoid,nosuch"], "maml_omniglot_5w1s"),
+])
+def test_cli_rejects_unknown_names(argv, named, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "jmeta: error: Unknown" in err and "nosuch" in err and named in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_suite_runner_writes_json_and_markdown(tmp_path):
+    code = main(["bench", "quick", "--workloads", "maml_sinusoid", "--reps", "2",
+                 "--min-rep-s", "0.02", "--peak-n", "128", "--out", str(tmp_path)])
+    assert code == 0
+    res = json.loads((tmp_path / "bench-quick.json").read_text())
+    assert res["meta"]["suite"] == "quick" and res["meta"]["matmul_peak_flops"] > 0
+    assert {"commit", "date", "cpu_count", "threads", "hardware", "jax"} <= set(res["meta"])
+    (row,) = res["rows"]
+    assert "error" not in row, row
+    assert row["workload"] == "maml_sinusoid" and row["steps_per_sec_median"] > 0
+    assert row["pct_matmul_peak"] > 0
+    table = (tmp_path / "bench-quick.md").read_text()
+    assert "| maml_sinusoid | vmap |" in table and "% of matmul peak" in table
+
+
+def test_scaling_plots_and_failed_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+
+    def row(name, rate, remat=False):
+        return {"workload": name, "remat": remat, "task_map": "vmap", "compile_s": 1.0,
+                "steps_per_sec_median": rate, "steps_per_sec_min": rate,
+                "steps_per_sec_max": rate, "tasks_per_sec": 25 * rate, "flops_per_step": 1e6,
+                "flops_lower_bound": True, "pct_matmul_peak": 1.0, "peak_host_rss_mb": 400.0,
+                "peak_device_bytes": None}
+
+    rows = [row(f"maml_sinusoid@inner_steps={s}", 100 / s) for s in (1, 5)]
+    rows += [row(f"maml_sinusoid@inner_steps={s},remat=true", 90 / s, True) for s in (1, 5)]
+    rows += [{"workload": "maml_sinusoid@meta_batch=2", "error": "timed out after 2 s"}]
+    (path,) = bench.plot_scaling(rows, tmp_path, log=lambda *a: None)
+    assert path.name == "scaling-maml_sinusoid-inner_steps.png" and path.stat().st_size > 1000
+    meta = {"suite": "scaling", "hardware": "cpu-2core", "device_kind": "cpu", "cpu_count": 2,
+            "threads": {}, "jax": jax.__version__, "commit": "unknown", "date": "today",
+            "reps": 1, "min_rep_s": 0.1, "matmul_peak_flops": None}
+    table = bench.markdown_table(meta, rows)
+    assert "failed: timed out" in table and "| vmap + remat |" in table and ">=0.001" in table
