@@ -70,6 +70,12 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(JMETA) bench quick
 
+## jmeta against learn2learn, higher and torch.func (PyTorch CPU in .venv-peers), alternating
+## in one sitting: benchmarks/results/<hardware>/peers.{json,md}. WORKLOADS=a,b to choose.
+bench-peers: $(STAMP)
+	bash benchmarks/peers/setup.sh
+	$(BIN)/python benchmarks/compare_peers.py $(if $(WORKLOADS),--workloads $(WORKLOADS))
+
 ## Task-mapping strategies, samplers, memory against inner steps, simulated-device scaling.
 bench-extra: $(STAMP)
 	$(BIN)/python benchmarks/task_map.py
