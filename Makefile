@@ -61,7 +61,7 @@ reproduce-%: $(STAMP)
 results: $(STAMP)
 	$(BIN)/python benchmarks/results_page.py $(RUNS)/reproduce --records benchmarks/results --out docs/results.md
 
-## Speed: `jmeta bench` on benchmarks/workloads.json (compile s, meta-steps/s, FLOPs, memory),
+## Speed: `jmeta bench` on jmeta/bench_workloads.json (compile s, meta-steps/s, FLOPs, memory),
 ## written to benchmarks/results/<hardware>/bench-<suite>.{json,md,png}.
 bench: $(STAMP)
 	$(JMETA) bench core

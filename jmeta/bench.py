@@ -1,6 +1,6 @@
 """``jmeta bench [SUITE]``: compile time, throughput, FLOPs and memory of the meta-step.
 
-The workloads are the entries of ``benchmarks/workloads.json`` (shared with the PyTorch peers in
+The workloads are the entries of ``jmeta/bench_workloads.json`` (shared with the PyTorch peers in
 ``benchmarks/peers/``). Each workload runs in its own process (so its peak memory is its own) on
 a fixed synthetic task batch of the workload's shapes: no dataset, no sampler, the same batch
 passed to the jitted meta-step every iteration. Per workload we record:
@@ -46,7 +46,7 @@ from typing import Any
 from jmeta.train._config import Config, ConfigError
 
 _ROOT = Path(__file__).resolve().parents[1]
-WORKLOADS_FILE = _ROOT / "benchmarks" / "workloads.json"
+WORKLOADS_FILE = Path(__file__).resolve().parent / "bench_workloads.json"
 
 # Keys a workload entry (or a variant's override) may set.
 SPEC_KEYS = frozenset({
@@ -67,7 +67,7 @@ class Suite:
 
 
 SUITES = {
-    "core": Suite("every workload of benchmarks/workloads.json", reps=5, min_rep_s=1.0),
+    "core": Suite("every workload of jmeta/bench_workloads.json", reps=5, min_rep_s=1.0),
     "quick": Suite("maml_sinusoid and protonets_omniglot_5w1s, fewer repetitions (smoke tests)",
                    reps=3, min_rep_s=0.2),
     "scaling": Suite("curves over meta-batch, inner steps (with and without remat), ways, shots",
@@ -82,7 +82,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 
 def load_workloads(path: str | Path | None = None) -> dict[str, dict]:
-    """The ``workloads`` mapping of ``benchmarks/workloads.json`` (name -> entry).
+    """The ``workloads`` mapping of ``jmeta/bench_workloads.json`` (name -> entry).
 
     Example:
       >>> load_workloads()["maml_sinusoid"]["meta_batch"]

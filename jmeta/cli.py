@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="compile time, meta-steps/s, FLOPs and memory of benchmark "
                                      "workloads (JSON + Markdown table)")
     b.add_argument("suite", nargs="?", default="core",
-                   help="core (every workload of benchmarks/workloads.json), quick (two small "
+                   help="core (every workload of jmeta/bench_workloads.json), quick (two small "
                         "ones, fewer repetitions) or scaling (curves); default core")
     b.add_argument("--workloads", help="comma-separated workload names (a base name selects its "
                                        "variants; base@key=value runs a variant)")

@@ -27,7 +27,7 @@ def peers():
 
 @pytest.fixture(scope="module")
 def workloads():
-    return json.loads((ROOT / "benchmarks" / "workloads.json").read_text())["workloads"]
+    return json.loads((ROOT / "jmeta" / "bench_workloads.json").read_text())["workloads"]
 
 
 def test_libraries_and_table_are_complete(peers):

@@ -1,4 +1,4 @@
-"""The PyTorch peers' view of ``benchmarks/workloads.json``: which library runs which workload.
+"""The PyTorch peers' view of ``jmeta/bench_workloads.json``: which library runs which workload.
 
 Torch-free on purpose: ``tests/test_peers_spec.py`` imports this module in jmeta's own test
 environment (no torch) to check that every workload is either implemented or explicitly listed
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WORKLOADS_FILE = Path(__file__).resolve().parents[1] / "workloads.json"
+WORKLOADS_FILE = Path(__file__).resolve().parents[2] / "jmeta" / "bench_workloads.json"
 
 LIBRARIES = ("learn2learn", "higher", "torchfunc", "torch")
 ALGORITHMS = ("maml", "fomaml", "anil", "reptile", "protonets")
@@ -49,7 +49,7 @@ MODEL_SUPPORT: dict[str, tuple[str, ...]] = {lib: MODELS for lib in LIBRARIES}
 
 
 def load_workloads(path: str | Path = WORKLOADS_FILE) -> dict[str, dict]:
-    """The ``workloads`` table of ``benchmarks/workloads.json`` (name -> spec)."""
+    """The ``workloads`` table of ``jmeta/bench_workloads.json`` (name -> spec)."""
     with open(path) as f:
         return json.load(f)["workloads"]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time one benchmark workload (``benchmarks/workloads.json``) in a PyTorch peer library.
+"""Time one benchmark workload (``jmeta/bench_workloads.json``) in a PyTorch peer library.
 
     .venv-peers/bin/python benchmarks/peers/run_peer.py --library learn2learn \\
         --workload maml_omniglot_5w1s [--threads 2] [--warmup 2] [--reps 5] \\
