@@ -34,6 +34,17 @@ from jmeta.bench import hardware_name  # noqa: E402
 
 
 def _last_json(text: str) -> dict | None:
+    """The JSON object a runner printed last: the whole output, or its last one-line object."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    start = text.rfind("\n{")
+    if start >= 0:
+        try:
+            return json.loads(text[start + 1:])
+        except json.JSONDecodeError:
+            pass
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
         if line.startswith("{"):
@@ -53,6 +64,9 @@ def _run(cmd: list[str], env: dict, timeout: float) -> dict:
     row = _last_json(out.stdout)
     if out.returncode != 0 or row is None:
         return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    # jmeta reports the median as steps_per_sec_median, the peers as steps_per_sec.
+    if "steps_per_sec" not in row and "steps_per_sec_median" in row:
+        row["steps_per_sec"] = row["steps_per_sec_median"]
     return row
 
 
