@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
 import jax
@@ -311,6 +312,28 @@ def mamlpp(
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _per_step_stats_fn(model: Model, learner: MetaLearner):
+    """One jitted per-episode function per (model, learner): the step-0 statistics of the query
+    images and those after every inner step."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    base_ndim = jax.tree.map(lambda s: len(s.shape), shapes)
+    n_train = learner.num_steps
+
+    def slice0(params):
+        return jax.tree.map(lambda p, nd: p[0] if p.ndim == nd + 1 else p, params, base_ndim)
+
+    @jax.jit
+    def one(meta, episode):
+        x = episode.query.x
+        first = model.stats_apply(slice0(meta["model"]), x)
+        _, trace = learner.adapt(meta, episode.support, num_steps=n_train,
+                                 eval_fn=lambda p: model.stats_apply(p, x))
+        return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, trace["eval"])
+
+    return one
+
+
 def per_step_batch_stats(model: Model, learner: MetaLearner, meta: Params,
                          episodes: Iterable[Episode]) -> Params:
     """MAML++'s per-step BatchNorm running statistics, estimated as population statistics.
@@ -348,21 +371,7 @@ def per_step_batch_stats(model: Model, learner: MetaLearner, meta: Params,
         raise ValueError(
             "per_step_batch_stats: the model keeps no BatchNorm statistics; build it with "
             "bn_mode='running'.")
-    shapes = jax.eval_shape(model.init, jax.random.key(0))
-    base_ndim = jax.tree.map(lambda s: len(s.shape), shapes)
-    n_train = learner.num_steps
-
-    def slice0(params):
-        return jax.tree.map(lambda p, nd: p[0] if p.ndim == nd + 1 else p, params, base_ndim)
-
-    @jax.jit
-    def one(meta, episode):
-        x = episode.query.x
-        first = model.stats_apply(slice0(meta["model"]), x)
-        _, trace = learner.adapt(meta, episode.support, num_steps=n_train,
-                                 eval_fn=lambda p: model.stats_apply(p, x))
-        return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, trace["eval"])
-
+    one = _per_step_stats_fn(model, learner)
     total, count = None, 0
     for episode in episodes:
         stats = one(meta, episode)

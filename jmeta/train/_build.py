@@ -76,11 +76,18 @@ def test_params(task: Task, meta, key: PRNGKey):
     if task.cfg.bn_mode != "running":
         return meta
     if task.cfg.algorithm == "mamlpp" and task.cfg.per_step_bn:
-        learner = build_learner(task.cfg, task)
+        learner = _per_step_bn_learner(task.cfg, task.model)
         episodes = task.train_episodes(key, task.cfg.bn_batches)
         return dict(meta, model=algorithms.per_step_batch_stats(task.model, learner, meta, episodes))
     stats = estimate_batch_stats(task.model, meta["model"], task.train_images(key, task.cfg.bn_batches))
     return dict(meta, model=stats)
+
+
+@functools.lru_cache(maxsize=4)
+def _per_step_bn_learner(cfg: Config, model: Model) -> MetaLearner:
+    """The training-mode MAML++ learner whose adaptation the per-step statistics follow; one
+    per (config, model), so their estimation compiles once per run, not at every checkpoint."""
+    return build_learner(cfg, dataclasses.replace(model_task(cfg), model=model))
 
 
 def test_config(cfg: Config) -> Config:
