@@ -52,6 +52,7 @@ WORKLOADS_FILE = Path(__file__).resolve().parent / "bench_workloads.json"
 SPEC_KEYS = frozenset({
     "algorithm", "model", "filters", "strided", "size", "channels", "hidden", "ways", "shots",
     "queries", "meta_batch", "inner_steps", "inner_lr", "inner_batch", "remat", "task_map",
+    "conv_impl",
 })
 THREAD_VARS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
@@ -182,6 +183,7 @@ def workload_config(spec: dict, *, task_map: str = "auto", remat: bool = False) 
         "meta_batch_size": spec["meta_batch"], "inner_steps": spec.get("inner_steps", 1),
         "inner_lr": spec.get("inner_lr", 0.01), "remat": spec.get("remat", remat),
         "task_map": spec.get("task_map", task_map), "baseline": False,
+        "conv_impl": spec.get("conv_impl", "auto"),
     }
     if "size" in spec or "channels" in spec:
         size, channels = spec.get("size", 28), spec.get("channels", 1)
@@ -482,7 +484,8 @@ def run_workload(name: str, spec: dict, *, reps: int, min_rep_s: float, task_map
     import jax
 
     from jmeta.core._meta import default_task_map, init_state, make_meta_step
-    from jmeta.train._build import build_learner, build_optimizer, build_task, model_task
+    from jmeta.train._build import (build_learner, build_optimizer, build_task, model_conv_impl,
+                                    model_task)
 
     if reps < 1 or not min_rep_s >= 0:
         raise ValueError(f"reps must be >= 1 and min_rep_s >= 0; got {reps}, {min_rep_s}.")
@@ -522,6 +525,7 @@ def run_workload(name: str, spec: dict, *, reps: int, min_rep_s: float, task_map
         "ways": cfg.ways, "shots": spec["shots"], "queries": query_size(spec),
         "meta_batch": cfg.meta_batch_size, "inner_steps": cfg.inner_steps, "remat": cfg.remat,
         "task_map": strategy, "family": learner.family, "compile_s": compile_s,
+        "conv_impl": model_conv_impl(cfg) if cfg.model != "mlp" else None,
         "flops_per_step": flops, "flops_lower_bound": loops, "steps_per_sec_median": median,
         "steps_per_sec_min": rates[0], "steps_per_sec_max": rates[-1],
         "tasks_per_sec": median * cfg.meta_batch_size,
@@ -709,7 +713,7 @@ def markdown_table(meta: dict, rows: list[dict]) -> str:
                             f"{peak / 1e9:,.0f} GFLOP/s." if peak else ""),
         ("FLOPs from XLA's cost analysis; `>=`: the program keeps a loop, whose body XLA "
          "counts once."), "",
-        ("| workload | task map | compile (s) | steps/s (min..max) | tasks/s | GFLOP/step "
+        ("| workload | task map, conv | compile (s) | steps/s (min..max) | tasks/s | GFLOP/step "
          "| % of matmul peak | peak RSS (MB) | peak device (MB) |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -717,7 +721,8 @@ def markdown_table(meta: dict, rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['workload']} | failed: {r['error'][:120]} |  |  |  |  |  |  |  |")
             continue
-        tm = r["task_map"] + (" + remat" if r.get("remat") else "")
+        tm = r["task_map"] + (f", {r['conv_impl']}" if r.get("conv_impl") else "") + (
+            " + remat" if r.get("remat") else "")
         flops = r.get("flops_per_step")
         pct = r.get("pct_matmul_peak")
         ge = ">=" if r.get("flops_lower_bound") else ""

@@ -91,7 +91,7 @@ def test_resnet12_output_shapes_and_structure():
 # ---------------------------------------------------------------- pooling
 
 
-def test_reshape_pool_equals_nnx_max_pool_values_and_gradients():
+def test_max_pool_equals_nnx_max_pool_values_and_gradients():
     for i, shape in enumerate([(2, 7, 9, 3), (3, 8, 6, 2), (1, 2, 3, 1)]):
         x = jax.random.normal(jax.random.key(i), shape)
         want = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
@@ -105,7 +105,7 @@ def test_reshape_pool_equals_nnx_max_pool_values_and_gradients():
         max_pool_2x2(jnp.zeros((1, 1, 4, 1)))
 
 
-def test_conv4_output_unchanged_by_reshape_pool():
+def test_conv4_output_unchanged_by_pool_form():
     graphdef, state = nnx.split(Conv4(1, 3, filters=4, image_size=28, rngs=nnx.Rngs(0)))
     x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))  # 28 -> 14 -> 7 -> 3 -> 1
 

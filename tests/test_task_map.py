@@ -79,6 +79,6 @@ def test_bad_strategy_and_chunk_are_clear_errors(learner, meta, tasks):
 
 def test_default_task_map_per_backend_and_family():
     assert default_task_map("dense", "cpu") == "vmap"
-    assert default_task_map("conv", "cpu") == "vmap"  # measured: docs/performance.md
+    assert default_task_map("conv", "cpu") == "map"  # measured: docs/performance.md
     assert default_task_map("conv", "gpu") == "vmap"
     assert default_task_map("conv", "tpu") == "vmap"

@@ -13,6 +13,7 @@ from jmeta.core._inner import inner_loop, mse_loss, resolve_unroll
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.inner._rules import sgd
+from jmeta.models._conv import conv_fn, resolve_conv_impl
 from jmeta.models._functional import FAMILIES
 from jmeta.models._mlp import mlp
 
@@ -100,15 +101,17 @@ class ContextConv4(nnx.Module):
 
     def __init__(self, in_channels: int, out_features: int | None, *, num_context: int,
                  filters: int = 32, film_layer: int = 2, strided: bool = False,
-                 image_size: int = 84, rngs: nnx.Rngs):
+                 image_size: int = 84, conv_impl: str = "auto", rngs: nnx.Rngs):
         self.strided = strided
         self.film_layer = film_layer
+        conv = conv_fn(conv_impl)
         self.filters = filters
         self.image_size = image_size
         for i in range(4):
             setattr(self, f"conv_{i}", nnx.Conv(
                 in_channels if i == 0 else filters, filters, kernel_size=(3, 3),
-                strides=(2, 2) if strided else (1, 1), padding="SAME", rngs=rngs))
+                strides=(2, 2) if strided else (1, 1), padding="SAME", conv_general_dilated=conv,
+                rngs=rngs))
             setattr(self, f"bn_{i}", nnx.BatchNorm(filters, use_running_average=False, momentum=0.9,
                                                    rngs=rngs))
         self.film = nnx.Linear(num_context, 2 * filters, bias_init=nnx.initializers.zeros,
@@ -184,12 +187,14 @@ def context_conv4(
     film_layer: int = 2,
     strided: bool = False,
     image_size: int = 84,
+    conv_impl: str = "auto",
 ) -> ContextModel:
     """CAVIA's convolutional network (:class:`ContextConv4`) as a :class:`ContextModel`.
 
     ``film_layer`` (0-based; the default 2 is the third block) is the block whose
     BatchNorm output the context modulates. ``strided=True`` replaces max-pooling by stride-2
     convolutions (any ``image_size``); with pooling ``image_size`` must be at least 16.
+    ``conv_impl`` as in :func:`jmeta.models.conv4`.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -211,10 +216,11 @@ def context_conv4(
         "context_conv4: image_size (16 or more with max-pooling; use strided=True for smaller)",
         image_size, 1 if strided else 16,
     )
+    impl = resolve_conv_impl(conv_impl)
     return context_from_nnx(
         lambda rngs: ContextConv4(in_channels, out_features, num_context=num_context,
                                   filters=filters, film_layer=film_layer, strided=strided,
-                                  image_size=image_size, rngs=rngs),
+                                  image_size=image_size, conv_impl=impl, rngs=rngs),
         family="conv",
         num_context=num_context,
     )

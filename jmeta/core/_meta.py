@@ -24,14 +24,15 @@ TASK_MAPS = ("vmap", "map", "unroll")
 
 # Measured defaults (docs/performance.md, benchmarks/task_map.py):
 #  * dense models (MLP) on CPU: vmap, or a chunked map within 25% (sinusoid MAML);
-#  * convolutional models on CPU (Conv-4 MAML, Omniglot 5-way 1-shot, 32 tasks, 2 cores): vmap
-#    12 s per step (each convolution becomes a grouped convolution, slow on XLA:CPU), lax.map
-#    16 s, an unrolled loop 2.7 s but 120 s to compile; vmap stays the default until a faster
-#    CPU convolution path exists;
+#  * convolutional models on CPU (Conv-4 MAML, Omniglot 5-way 1-shot, 2 cores): a lax.map over
+#    tasks, one task at a time, with the models' default im2col convolutions
+#    (jmeta.models.default_conv_impl). vmap turns per-task convolutions into grouped ones, slow
+#    on XLA:CPU; native convolutions inside a loop have a slow weight gradient; an unrolled loop
+#    is fast per step but compiles for minutes;
 #  * GPU/TPU: vmap is the fast path for every family (grouped convolutions are fast there).
 _DEFAULT_TASK_MAP = {
     ("cpu", "dense"): "vmap",
-    ("cpu", "conv"): "vmap",
+    ("cpu", "conv"): "map",
 }
 
 
@@ -46,7 +47,7 @@ def default_task_map(family: str = "dense", backend: str | None = None) -> str:
       >>> default_task_map("dense", "gpu")
       'vmap'
       >>> default_task_map("conv", "cpu")
-      'vmap'
+      'map'
     """
     backend = backend or jax.default_backend()
     return _DEFAULT_TASK_MAP.get((backend, family), "vmap")
@@ -78,9 +79,9 @@ def map_tasks(
 
     Strategies (same values, different speed and memory):
       * ``"vmap"``: one vectorised program over all tasks;
-      * ``"map"``: a ``lax.scan`` over chunks of ``chunk_size`` tasks, each chunk vmapped; with
-        ``reduce="mean"`` it accumulates a running sum, so memory does not grow with the number
-        of tasks;
+      * ``"map"``: a ``lax.scan`` over chunks of ``chunk_size`` tasks (default 1: one task per
+        iteration, not vmapped), each chunk vmapped; with ``reduce="mean"`` it accumulates a
+        running sum, so memory does not grow with the number of tasks;
       * ``"unroll"``: a Python loop, one copy of the program per task (fast for convolutions on
         CPU, but compile time grows with the number of tasks).
 
@@ -118,6 +119,12 @@ def map_tasks(
             f"task_map='map' needs the number of tasks ({n}) to be a multiple of chunk_size "
             f"({chunk}); change meta_batch_size or chunk_size."
         )
+    if chunk == 1:
+        # One task per iteration: call fn itself, so the loop body holds the single-task program
+        # (a vmap of size 1 would still turn per-task convolutions into grouped ones).
+        def per_task(p, b, k):
+            out = fn(p, jax.tree.map(lambda x: x[0], b), k[0])
+            return jax.tree.map(lambda x: x[None], out)
     chunked = jax.tree.map(lambda x: x.reshape((n // chunk, chunk) + x.shape[1:]), (batch, keys))
     if reduce is None:
         out = jax.lax.map(lambda xs: per_task(params, *xs), chunked)

@@ -14,3 +14,7 @@ from jmeta.models._resnet12 import resnet12 as resnet12
 from jmeta.models._batchnorm import batch_stat_mask as batch_stat_mask
 from jmeta.models._batchnorm import estimate_batch_stats as estimate_batch_stats
 from jmeta.models._batchnorm import eval_apply_of as eval_apply_of
+from jmeta.models._conv import CONV_IMPLS as CONV_IMPLS
+from jmeta.models._conv import default_conv_impl as default_conv_impl
+from jmeta.models._conv import im2col_conv as im2col_conv
+from jmeta.models._conv import resolve_conv_impl as resolve_conv_impl

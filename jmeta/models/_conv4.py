@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from jmeta.models._conv import conv_fn, resolve_conv_impl
 from jmeta.models._functional import BN_MODES, Model, from_nnx, max_pool_2x2
 
 
@@ -14,7 +15,8 @@ class Conv4(nnx.Module):
     ``strided=True`` replaces max-pooling by stride-2 convolutions (MAML's Omniglot network).
     The module's BatchNorm layers use the batch statistics of the examples they see; whether
     stored population statistics are used at test time is chosen by :func:`conv4`'s
-    ``bn_mode``.
+    ``bn_mode``. ``conv_impl`` is ``"xla"``, ``"im2col"`` (:func:`jmeta.models.im2col_conv`) or
+    ``"auto"`` (:func:`jmeta.models.default_conv_impl`); the values are the same.
 
     Example:
       >>> import jax.numpy as jnp
@@ -25,12 +27,15 @@ class Conv4(nnx.Module):
     """
 
     def __init__(self, in_channels: int, out_features: int | None, *, filters: int = 64,
-                 strided: bool = False, image_size: int = 28, rngs: nnx.Rngs):
+                 strided: bool = False, image_size: int = 28, conv_impl: str = "auto",
+                 rngs: nnx.Rngs):
         self.strided = strided
+        conv = conv_fn(conv_impl)
         for i in range(4):
             setattr(self, f"conv_{i}", nnx.Conv(
                 in_channels if i == 0 else filters, filters, kernel_size=(3, 3),
-                strides=(2, 2) if strided else (1, 1), padding="SAME", rngs=rngs))
+                strides=(2, 2) if strided else (1, 1), padding="SAME", conv_general_dilated=conv,
+                rngs=rngs))
             setattr(self, f"bn_{i}", nnx.BatchNorm(filters, use_running_average=False, momentum=0.9,
                                                    rngs=rngs))
         size = image_size
@@ -49,7 +54,8 @@ class Conv4(nnx.Module):
 
 
 def conv4(in_channels: int = 1, out_features: int | None = 5, *, filters: int = 64,
-          strided: bool = False, image_size: int = 28, bn_mode: str = "transductive") -> Model:
+          strided: bool = False, image_size: int = 28, bn_mode: str = "transductive",
+          conv_impl: str = "auto") -> Model:
     """Conv-4 as a functional :class:`Model` (family ``"conv"``).
 
     ``out_features=None`` gives the embedding network (ProtoNets). ``filters=32`` is MAML's
@@ -60,6 +66,10 @@ def conv4(in_channels: int = 1, out_features: int | None = 5, *, filters: int = 
     adapting, the query set when scoring); ``eval_apply`` is None. ``bn_mode="running"``:
     ``apply`` (training) uses batch statistics, ``eval_apply`` (test) uses the ``mean``/``var``
     leaves stored in the parameters, which :func:`jmeta.models.estimate_batch_stats` sets.
+
+    ``conv_impl``: ``"auto"`` (default; :func:`jmeta.models.default_conv_impl`: the matmul form
+    on CPU, native convolutions on accelerators), ``"xla"`` or ``"im2col"``. Same parameters,
+    same values; only speed differs.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -78,9 +88,10 @@ def conv4(in_channels: int = 1, out_features: int | None = 5, *, filters: int = 
             f"conv4: filters and in_channels must be positive and image_size >= 16 (four 2x "
             f"downsamplings); got filters={filters}, in_channels={in_channels}, image_size={image_size}."
         )
+    impl = resolve_conv_impl(conv_impl)
     return from_nnx(
         lambda rngs: Conv4(in_channels, out_features, filters=filters, strided=strided,
-                           image_size=image_size, rngs=rngs),
+                           image_size=image_size, conv_impl=impl, rngs=rngs),
         family="conv",
         batch_stats=bn_mode,
     )

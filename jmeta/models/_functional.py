@@ -47,8 +47,14 @@ class Model(NamedTuple):
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max-pooling with stride 2 of ``[..., H, W, C]`` inputs, dropping an odd last row/column.
 
-    Equal to ``nnx.max_pool(x, (2, 2), strides=(2, 2))`` (``"VALID"`` padding), written as a
-    reshape and a max, whose backward pass is cheaper than that of ``reduce_window``.
+    Equal to ``nnx.max_pool(x, (2, 2), strides=(2, 2))`` (``"VALID"`` padding). Written as a
+    tournament of ``where`` selections between the four elements of each window, so that its
+    gradient routes each output's cotangent to exactly one input chosen by those comparisons.
+    Two other forms were rejected: ``reduce_window``, whose ``select_and_scatter`` backward is
+    slow on CPU, and a reshape followed by ``max``, whose gradient compares the input with the
+    broadcast maximum for equality; XLA:CPU may recompute the two sides in different fusions
+    with different rounding, and under ``jit(vmap(grad))`` with matmul convolutions it then
+    gave wrong gradients (``tests/test_backbones.py``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -61,8 +67,12 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
         raise ValueError(
             f"max_pool_2x2: height and width must be at least 2; got input shape {x.shape}.")
     h2, w2 = h // 2, w // 2
-    x = x[..., : 2 * h2, : 2 * w2, :]
-    return x.reshape(*lead, h2, 2, w2, 2, c).max(axis=(-4, -2))
+    x = x[..., : 2 * h2, : 2 * w2, :].reshape(*lead, h2, 2, w2, 2, c)
+    a, b = x[..., 0, :, 0, :], x[..., 0, :, 1, :]
+    d, e = x[..., 1, :, 0, :], x[..., 1, :, 1, :]
+    top = jnp.where(a >= b, a, b)
+    bottom = jnp.where(d >= e, d, e)
+    return jnp.where(top >= bottom, top, bottom)
 
 
 def _bn_promote(args, /, *, dtype=None, inexact=True):

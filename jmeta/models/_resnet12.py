@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
+from jmeta.models._conv import conv_fn, resolve_conv_impl
 from jmeta.models._functional import BN_MODES, Model, from_nnx, max_pool_2x2
 
 NEGATIVE_SLOPE = 0.1
@@ -37,12 +38,14 @@ class ResidualBlock(nnx.Module):
       (2, 10, 10, 8)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, out_channels: int, *, conv_impl: str = "auto",
+                 rngs: nnx.Rngs):
         init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+        conv_impl_fn = conv_fn(conv_impl)
 
         def conv(a, k):
             return nnx.Conv(a, out_channels, kernel_size=(k, k), padding="SAME", use_bias=False,
-                            kernel_init=init, rngs=rngs)
+                            kernel_init=init, conv_general_dilated=conv_impl_fn, rngs=rngs)
 
         def bn():
             return nnx.BatchNorm(out_channels, use_running_average=False, momentum=0.9,
@@ -77,10 +80,12 @@ class ResNet12(nnx.Module):
     """
 
     def __init__(self, in_channels: int, out_features: int | None, *,
-                 widths: Sequence[int] = (64, 160, 320, 640), image_size: int = 84, rngs: nnx.Rngs):
+                 widths: Sequence[int] = (64, 160, 320, 640), image_size: int = 84,
+                 conv_impl: str = "auto", rngs: nnx.Rngs):
         channels = (in_channels, *widths)
         for i in range(4):
-            setattr(self, f"block_{i}", ResidualBlock(channels[i], channels[i + 1], rngs=rngs))
+            setattr(self, f"block_{i}", ResidualBlock(channels[i], channels[i + 1],
+                                                      conv_impl=conv_impl, rngs=rngs))
         size = image_size
         for _ in range(4):
             size //= 2
@@ -96,7 +101,7 @@ class ResNet12(nnx.Module):
 
 def resnet12(in_channels: int = 3, out_features: int | None = None, *,
              widths: Sequence[int] = (64, 160, 320, 640), image_size: int = 84,
-             bn_mode: str = "transductive") -> Model:
+             bn_mode: str = "transductive", conv_impl: str = "auto") -> Model:
     """ResNet-12 (MetaOptNet) as a functional :class:`Model` (family ``"conv"``).
 
     ``out_features=None`` (default) gives the embedding network: ``[B, widths[-1] * s * s]``
@@ -104,7 +109,8 @@ def resnet12(in_channels: int = 3, out_features: int | None = None, *,
     CIFAR-FS); otherwise a linear head gives ``[B, out_features]`` logits. ``bn_mode`` is as in
     :func:`jmeta.models.conv4`: ``"transductive"`` (batch statistics everywhere) or
     ``"running"`` (population statistics in ``eval_apply``, set by
-    :func:`jmeta.models.estimate_batch_stats`). DropBlock is not implemented.
+    :func:`jmeta.models.estimate_batch_stats`). ``conv_impl`` as in :func:`jmeta.models.conv4`.
+    DropBlock is not implemented.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -128,9 +134,10 @@ def resnet12(in_channels: int = 3, out_features: int | None = None, *,
             f"out_features None or positive; got in_channels={in_channels}, "
             f"image_size={image_size}, out_features={out_features}.")
     widths = tuple(int(w) for w in widths)
+    impl = resolve_conv_impl(conv_impl)
     return from_nnx(
         lambda rngs: ResNet12(in_channels, out_features, widths=widths, image_size=image_size,
-                              rngs=rngs),
+                              conv_impl=impl, rngs=rngs),
         family="conv",
         batch_stats=bn_mode,
     )

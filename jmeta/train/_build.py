@@ -23,6 +23,7 @@ from jmeta.data._samplers import HostSampler, device_sampler
 from jmeta.data._sinusoid import sinusoid_sampler, sinusoid_tasks
 from jmeta.inner._rules import from_optax, lslr, sgd
 from jmeta.models._functional import Model, with_compute_dtype
+from jmeta.models._conv import default_conv_impl
 from jmeta.models._conv4 import conv4
 from jmeta.models._resnet12 import resnet12
 from jmeta.models._batchnorm import estimate_batch_stats
@@ -99,12 +100,32 @@ def eval_queries(cfg: Config) -> int:
     return cfg.eval_k_query or (100 if cfg.task == "sinusoid" else queries(cfg))
 
 
+def model_conv_impl(cfg: Config) -> str:
+    """The convolution implementation of a config's network (``cfg.conv_impl`` resolved).
+
+    ``"auto"``: :func:`jmeta.models.default_conv_impl` (im2col on CPU) for algorithms whose
+    tasks adapt their own weights, which run inside a loop over tasks; native convolutions for
+    metric-based algorithms and transfer baselines, whose network has one set of weights per
+    step (there XLA's convolution was about 14% faster on CPU; docs/performance.md).
+
+    Example:
+      >>> model_conv_impl(Config(algorithm="protonets", conv_impl="auto"))
+      'xla'
+      >>> model_conv_impl(Config(algorithm="maml", conv_impl="xla"))
+      'xla'
+    """
+    if cfg.conv_impl != "auto":
+        return cfg.conv_impl
+    return "xla" if cfg.algorithm in METRIC + TRANSFER else default_conv_impl()
+
+
 def _classifier(cfg: Config, example_shape: tuple) -> Model:
     """The network for a classification config: logits over ``ways`` classes, or embeddings
     for metric-based algorithms and transfer baselines (their heads are built from the support
     set), or a context network for CAVIA."""
     embed = cfg.algorithm in METRIC + TRANSFER
     out = None if embed else cfg.ways
+    conv_impl = model_conv_impl(cfg)
     if cfg.model in ("conv4", "resnet12"):
         if len(example_shape) != 3 or example_shape[0] != example_shape[1]:
             raise ConfigError(f"{cfg.model} needs square images [S, S, C]; the dataset has {example_shape}.")
@@ -112,11 +133,13 @@ def _classifier(cfg: Config, example_shape: tuple) -> Model:
         if cfg.algorithm == "cavia":
             return algorithms.context_conv4(channels, out, num_context=cfg.num_context,
                                             filters=cfg.filters, film_layer=cfg.film_layer,
-                                            strided=cfg.strided, image_size=size)
+                                            strided=cfg.strided, image_size=size,
+                                            conv_impl=conv_impl)
         if cfg.model == "resnet12":
-            return resnet12(channels, out, widths=cfg.widths, image_size=size, bn_mode=cfg.bn_mode)
+            return resnet12(channels, out, widths=cfg.widths, image_size=size, bn_mode=cfg.bn_mode,
+                            conv_impl=conv_impl)
         return conv4(channels, out, filters=cfg.filters, strided=cfg.strided, image_size=size,
-                     bn_mode=cfg.bn_mode)
+                     bn_mode=cfg.bn_mode, conv_impl=conv_impl)
     in_dim = int(np.prod(example_shape))
     if cfg.algorithm == "cavia":
         return _flatten_context(algorithms.context_mlp(in_dim, cfg.ways, hidden=cfg.hidden,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jmeta.core._meta import TASK_MAPS
+from jmeta.models._conv import CONV_IMPLS
 
 ALGORITHMS = (
     "maml", "fomaml", "metasgd", "anil", "boil", "mamlpp", "cavia", "imaml", "reptile",
@@ -62,6 +63,9 @@ class Config:
     filters: int = 64  # conv4 filters per layer (32: MAML's miniImageNet network)
     strided: bool = False  # conv4 with stride-2 convolutions instead of max-pooling
     widths: tuple = (64, 160, 320, 640)  # resnet12 block widths (MetaOptNet)
+    # Convolutions: "xla" (native), "im2col" (one matmul per convolution) or "auto": im2col on
+    # CPU for algorithms that adapt per-task weights, native otherwise (docs/performance.md).
+    conv_impl: str = "auto"
     # BatchNorm: "transductive" = batch statistics of each set, in training and at test (MAML);
     # "running" = batch statistics in training, population statistics at test (estimated from
     # bn_batches batches of training images whenever the model is validated or tested).
@@ -119,7 +123,7 @@ class Config:
     task_map: str = "auto"  # "vmap" | "map" | "unroll" | "auto" (measured default per backend)
     mesh_data: int = 0  # devices on the mesh's task ("data") axis; 0 = all devices / mesh_model
     mesh_model: int = 1  # devices on the "model" axis (parameters are replicated over it for now)
-    chunk_size: int = 0  # tasks per chunk for task_map="map"; 0 = all tasks in one chunk
+    chunk_size: int = 0  # tasks per chunk for task_map="map"; 0 = one task per iteration
     seed: int = 0
     log_every: int = 1000
     # Checkpoints: every save_every steps (and at the end), keep the last keep_checkpoints and
@@ -213,6 +217,7 @@ def validate(cfg: Config) -> Config:
             f"{cfg.lr_decay_every}, {cfg.lr_decay_rate}, {cfg.lr_min}."
         )
     _choice("task_map", cfg.task_map, TASK_MAPS + ("auto",))
+    _choice("conv_impl", cfg.conv_impl, CONV_IMPLS + ("auto",))
     _choice("sampler", cfg.sampler, SAMPLERS)
     _choice("model", cfg.model, MODELS)
     _choice("bn_mode", cfg.bn_mode, BN_MODES)
@@ -302,8 +307,10 @@ def train_shots(cfg: Config) -> int:
     return cfg.train_shots or cfg.k_shot
 
 
-# Fields a resumed run may change: they do not alter the trajectory of meta-training.
+# Fields a resumed run may change: they do not alter the trajectory of meta-training (task_map,
+# chunk_size and conv_impl change how the same values are computed, not the values).
 RESUMABLE = frozenset({
+    "task_map", "chunk_size", "conv_impl",
     "name", "num_steps", "log_every", "save_every", "keep_checkpoints", "eval_tasks", "eval_steps",
     "eval_k_query", "eval_split", "val_tasks", "data_dir", "cache_dir", "baseline", "baseline_steps",
     "baseline_lrs", "paper_result", "paper_source", "base_classes", "bn_batches",

@@ -1,0 +1,137 @@
+"""The im2col convolution equals XLA's: values, first and second derivatives, and whole networks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jmeta.algorithms import context_conv4
+from jmeta.models import conv4, default_conv_impl, im2col_conv, resnet12, resolve_conv_impl
+from jmeta.train import Config, ConfigError
+from jmeta.train._build import model_conv_impl
+
+DN = ("NHWC", "HWIO", "NHWC")
+CASES = [
+    # (input shape, kernel shape, strides, padding)
+    ((2, 9, 9, 3), (3, 3, 3, 4), (1, 1), "SAME"),
+    ((2, 9, 9, 3), (3, 3, 3, 4), (2, 2), "SAME"),
+    ((2, 8, 7, 2), (3, 3, 2, 5), (2, 1), "VALID"),
+    ((1, 6, 6, 4), (1, 1, 4, 3), (1, 1), "SAME"),
+    ((1, 7, 7, 2), (1, 1, 2, 3), (2, 2), "SAME"),
+    ((2, 5, 6, 2), (3, 2, 2, 3), (1, 2), ((1, 0), (2, 1))),
+]
+
+
+def _pair(shape_x, shape_w):
+    x = jax.random.normal(jax.random.key(0), shape_x)
+    w = jax.random.normal(jax.random.key(1), shape_w)
+    return x, w
+
+
+@pytest.mark.parametrize("shape_x,shape_w,strides,padding", CASES)
+def test_values_and_gradients_equal_lax_conv(shape_x, shape_w, strides, padding):
+    x, w = _pair(shape_x, shape_w)
+
+    def loss(conv, w, x):
+        y = conv(x, w, strides, padding, dimension_numbers=DN)
+        return jnp.sum(jnp.tanh(y) * jnp.cos(y))
+
+    ref = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
+    got = im2col_conv(x, w, strides, padding, dimension_numbers=DN)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    g_ref = jax.grad(lambda w, x: loss(lax.conv_general_dilated, w, x), argnums=(0, 1))(w, x)
+    g_got = jax.grad(lambda w, x: loss(im2col_conv, w, x), argnums=(0, 1))(w, x)
+    for a, b in zip(g_got, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+    # Second order (what MAML differentiates): a Hessian-vector product in the weights, by
+    # reverse-over-reverse and by forward-over-reverse.
+    v = jax.random.normal(jax.random.key(2), w.shape)
+    def grad_w(conv):
+        return jax.grad(lambda u: loss(conv, u, x))
+
+    hvp_ref = jax.grad(lambda u: jnp.vdot(grad_w(lax.conv_general_dilated)(u), v))(w)
+    hvp_rr = jax.grad(lambda u: jnp.vdot(grad_w(im2col_conv)(u), v))(w)
+    hvp_fr = jax.jvp(grad_w(im2col_conv), (w,), (v,))[1]
+    np.testing.assert_allclose(hvp_rr, hvp_ref, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(hvp_fr, hvp_ref, rtol=1e-3, atol=1e-3)
+
+
+def test_unsupported_configurations_fall_back_to_lax():
+    x, w = _pair((1, 8, 8, 4), (3, 3, 2, 6))
+    grouped = im2col_conv(x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2)
+    ref = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2)
+    np.testing.assert_allclose(grouped, ref, rtol=1e-5, atol=1e-5)
+    x, w = _pair((1, 8, 8, 2), (3, 3, 2, 3))
+    dilated = im2col_conv(x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DN)
+    ref = lax.conv_general_dilated(x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DN)
+    np.testing.assert_allclose(dilated, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_mismatch_is_a_clear_error():
+    x, w = _pair((1, 8, 8, 2), (3, 3, 3, 4))
+    with pytest.raises(ValueError, match="expects 3 input channels; the input has 2"):
+        im2col_conv(x, w, (1, 1), "SAME", dimension_numbers=DN)
+
+
+@pytest.mark.parametrize("build,channels", [
+    (lambda impl: conv4(1, 5, filters=4, strided=True, image_size=16, conv_impl=impl), 1),
+    (lambda impl: conv4(3, None, filters=4, image_size=16, conv_impl=impl), 3),
+    (lambda impl: resnet12(3, 4, widths=(2, 3, 4, 5), image_size=16, conv_impl=impl), 3),
+], ids=["conv4-strided", "conv4-pool", "resnet12"])
+def test_networks_are_the_same_function_with_either_implementation(build, channels):
+    a, b = build("xla"), build("im2col")
+    params = a.init(jax.random.key(0))
+    # Same parameter tree and initial values: a run may switch implementations when it resumes.
+    for u, v in zip(jax.tree.leaves(params), jax.tree.leaves(b.init(jax.random.key(0)))):
+        np.testing.assert_array_equal(u, v)
+    x = jax.random.normal(jax.random.key(3), (4, 16, 16, channels))
+    np.testing.assert_allclose(a.apply(params, x), b.apply(params, x), rtol=1e-4, atol=1e-4)
+    ga = jax.grad(lambda p: jnp.sum(a.apply(p, x) ** 2))(params)
+    gb = jax.grad(lambda p: jnp.sum(b.apply(p, x) ** 2))(params)
+    for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-4)
+
+
+def test_context_conv4_takes_the_implementation():
+    a = context_conv4(1, 3, num_context=2, filters=4, strided=True, image_size=8, conv_impl="xla")
+    b = context_conv4(1, 3, num_context=2, filters=4, strided=True, image_size=8, conv_impl="im2col")
+    params = a.init(jax.random.key(0))
+    x, ctx = jax.random.normal(jax.random.key(1), (4, 8, 8, 1)), jnp.full(2, 0.3)
+    np.testing.assert_allclose(a.apply(params, x, ctx), b.apply(params, x, ctx), rtol=1e-4, atol=1e-4)
+
+
+def test_defaults_and_errors():
+    assert default_conv_impl("cpu") == "im2col"
+    assert default_conv_impl("gpu") == default_conv_impl("tpu") == "xla"
+    assert resolve_conv_impl("auto") == default_conv_impl()
+    with pytest.raises(ValueError, match="Unknown conv_impl 'cudnn'"):
+        conv4(1, 5, conv_impl="cudnn")
+    with pytest.raises(ConfigError, match="conv_impl='cudnn' is not one of"):
+        Config(conv_impl="cudnn").replace()
+    # auto: native convolutions for one-network-per-step algorithms, the backend default for
+    # algorithms that adapt per-task weights.
+    assert model_conv_impl(Config(algorithm="protonets")) == "xla"
+    assert model_conv_impl(Config(algorithm="maml")) == default_conv_impl()
+    assert model_conv_impl(Config(algorithm="protonets", conv_impl="im2col")) == "im2col"
+
+
+@pytest.mark.parametrize("impl", ["xla", "im2col"])
+def test_batched_compiled_gradients_equal_per_example_ones(impl):
+    # Four pooled blocks with batch-statistics BatchNorm under jit(vmap(grad)): the combination
+    # in which an equality-based max-pool gradient went wrong with matmul convolutions.
+    model = conv4(1, None, filters=4, image_size=16, conv_impl=impl)
+    params = model.init(jax.random.key(0))
+    xs = jnp.stack([jax.random.normal(jax.random.key(1), (6, 16, 16, 1)),
+                    2.0 * jax.random.normal(jax.random.key(2), (6, 16, 16, 1)) + 1.0])
+
+    def loss(p, x):
+        y = model.apply(p, x)
+        return jnp.mean(y ** 2 + y)
+
+    batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, xs)
+    for i in range(2):
+        single = jax.grad(loss)(params, xs[i])
+        for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+            np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-5)
