@@ -5,8 +5,9 @@ in jmeta's environment) and each supported peer (``benchmarks/peers/run_peer.py`
 ``.venv-peers``) run one after the other, each in its own process with the same thread count,
 so slow drifts of the machine hit all of them alike. Per (workload, library) the reported
 meta-steps per second is the median over rounds of each run's own median; the ratio is jmeta's
-over the fastest peer's. jmeta's conv4 workloads run with ``task_map="unroll"`` (its fastest
-per-step mapping on CPU; ``--conv-task-map ''`` for the backend default).
+over the fastest peer's. jmeta runs its defaults for the backend (on CPU: conv4 tasks mapped
+by a loop over tasks with im2col convolutions); ``--conv-task-map unroll`` (or ``vmap``,
+``map``) forces a task map for the conv4 workloads.
 
     python benchmarks/compare_peers.py                       # every workload, 2 rounds
     python benchmarks/compare_peers.py --workloads maml_omniglot_5w1s,maml_sinusoid --rounds 3
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--timeout", type=float, default=900.0, help="per process, seconds")
-    ap.add_argument("--conv-task-map", default="unroll",
+    ap.add_argument("--conv-task-map", default="",
                     help="jmeta's task map for conv4 workloads ('' = the backend default)")
     ap.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
     ap.add_argument("--out", help="results folder (default benchmarks/results/<hardware>)")
@@ -133,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         best = max(peers, key=peers.get) if peers else None
         ratio = (per_lib.get("jmeta") / peers[best]) if best and per_lib.get("jmeta") else None
         compile_s = [x.get("compile_s") for x in runs[name].get("jmeta", []) if x.get("compile_s")]
+        jm = next((x for x in runs[name].get("jmeta", []) if x.get("task_map")), {})
+        how = jm.get("task_map", "") + (f", {jm['conv_impl']}" if jm.get("conv_impl") else "")
         summary.append({"workload": name, "steps_per_sec": per_lib, "fastest_peer": best,
+                        "jmeta_task_map": how,
                         "ratio_vs_fastest_peer": ratio,
                         "jmeta_compile_s": statistics.median(compile_s) if compile_s else None,
                         "meta_batch": table[name]["meta_batch"]})
@@ -150,15 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"jmeta and the PyTorch peers, meta-steps per second (median over {args.rounds} "
              f"alternating rounds, each the median of {args.reps} repetitions), "
              f"{args.threads} threads, commit {commit}, {meta['date']}.", "",
-             "| workload | " + " | ".join(libs) + " | jmeta / fastest peer | jmeta compile (s) |",
-             "|---|" + "---|" * (len(libs) + 2)]
+             "| workload | " + " | ".join(libs) + " | jmeta / fastest peer | jmeta compile (s) "
+             "| jmeta task map, conv |",
+             "|---|" + "---|" * (len(libs) + 3)]
     for s in summary:
         cells = [f"{s['steps_per_sec'].get(lib):.3g}" if s["steps_per_sec"].get(lib) else "-"
                  for lib in libs]
         ratio = f"{s['ratio_vs_fastest_peer']:.2f}x ({s['fastest_peer']})" \
             if s["ratio_vs_fastest_peer"] else "-"
         comp = f"{s['jmeta_compile_s']:.1f}" if s["jmeta_compile_s"] else "-"
-        lines.append(f"| {s['workload']} | " + " | ".join(cells) + f" | {ratio} | {comp} |")
+        lines.append(f"| {s['workload']} | " + " | ".join(cells) + f" | {ratio} | {comp} "
+                     f"| {s.get('jmeta_task_map') or '-'} |")
     (out / "peers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
