@@ -483,9 +483,9 @@ def run_workload(name: str, spec: dict, *, reps: int, min_rep_s: float, task_map
     """
     import jax
 
-    from jmeta.core._meta import default_task_map, init_state, make_meta_step
-    from jmeta.train._build import (build_learner, build_optimizer, build_task, model_conv_impl,
-                                    model_task)
+    from jmeta.core._meta import init_state, make_meta_step
+    from jmeta.train._build import (build_learner, build_optimizer, build_task, config_task_map,
+                                    model_conv_impl, model_task)
 
     if reps < 1 or not min_rep_s >= 0:
         raise ValueError(f"reps must be >= 1 and min_rep_s >= 0; got {reps}, {min_rep_s}.")
@@ -493,7 +493,7 @@ def run_workload(name: str, spec: dict, *, reps: int, min_rep_s: float, task_map
     task = build_task(cfg) if cfg.task == "sinusoid" else model_task(cfg)
     learner = build_learner(cfg, task)
     tx = build_optimizer(cfg)
-    strategy = default_task_map(learner.family) if cfg.task_map == "auto" else cfg.task_map
+    strategy = config_task_map(cfg, learner.family)
     step = make_meta_step(learner, tx, task_map=strategy, chunk_size=cfg.chunk_size or None)
     init_key, data_key = jax.random.split(jax.random.key(0))
     state = init_state(learner, tx, init_key)

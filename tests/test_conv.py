@@ -7,9 +7,10 @@ import pytest
 from jax import lax
 
 from jmeta.algorithms import context_conv4
+from jmeta.core import default_task_map
 from jmeta.models import conv4, default_conv_impl, im2col_conv, resnet12, resolve_conv_impl
 from jmeta.train import Config, ConfigError
-from jmeta.train._build import model_conv_impl
+from jmeta.train._build import config_task_map, model_conv_impl
 
 DN = ("NHWC", "HWIO", "NHWC")
 CASES = [
@@ -115,6 +116,12 @@ def test_defaults_and_errors():
     assert model_conv_impl(Config(algorithm="protonets")) == "xla"
     assert model_conv_impl(Config(algorithm="maml")) == default_conv_impl()
     assert model_conv_impl(Config(algorithm="protonets", conv_impl="im2col")) == "im2col"
+    # ... and their tasks are vmapped (shared weights fold into the batch), not looped over.
+    assert config_task_map(Config(algorithm="protonets", model="conv4"), "conv") == "vmap"
+    assert config_task_map(Config(algorithm="baseline++", model="conv4"), "conv") == "vmap"
+    assert config_task_map(Config(algorithm="protonets", model="conv4", conv_impl="im2col"),
+                           "conv") == default_task_map("conv")
+    assert config_task_map(Config(algorithm="maml", model="conv4"), "conv") == default_task_map("conv")
 
 
 @pytest.mark.parametrize("impl", ["xla", "im2col"])

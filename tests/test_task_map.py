@@ -82,3 +82,22 @@ def test_default_task_map_per_backend_and_family():
     assert default_task_map("conv", "cpu") == "map"  # measured: docs/performance.md
     assert default_task_map("conv", "gpu") == "vmap"
     assert default_task_map("conv", "tpu") == "vmap"
+
+
+def test_a_single_task_is_called_directly_by_every_strategy(learner, meta, tasks):
+    one = jax.tree.map(lambda x: x[:1], tasks)
+    keys = jax.random.split(jax.random.key(1), 1)
+    want = learner.task_grad(meta, jax.tree.map(lambda x: x[0], one), keys[0])
+    direct = str(jax.make_jaxpr(lambda m: learner.task_grad(m, jax.tree.map(lambda x: x[0], one),
+                                                            keys[0]))(meta))
+    for strategy in ("vmap", "map", "unroll"):
+        jaxpr = str(jax.make_jaxpr(lambda m: map_tasks(learner.task_grad, m, one, keys,
+                                                       strategy=strategy))(meta))
+        # No loop over tasks and no batching: the same loops as the single-task program.
+        assert jaxpr.count("scan[") == direct.count("scan[")
+        got = map_tasks(learner.task_grad, meta, one, keys, strategy=strategy)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+        stacked = map_tasks(learner.task_grad, meta, one, keys, strategy=strategy, reduce=None)
+        for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a[0], b, rtol=2e-5, atol=1e-6)

@@ -101,6 +101,12 @@ def map_tasks(
         raise ValueError(f"Got {keys.shape[0]} keys for {n} tasks; pass one key per task.")
     per_task = jax.vmap(fn, in_axes=(None, 0, 0))
 
+    if n == 1:
+        # One task: no loop and no vmap, whatever the strategy (a one-iteration loop would keep
+        # its body's convolutions in a loop, where XLA:CPU's convolution gradients are slow).
+        out = jax.tree.map(lambda x: x[None], fn(params, jax.tree.map(lambda x: x[0], batch), keys[0]))
+        return jax.tree.map(lambda x: x[0], out) if reduce else out
+
     if strategy == "vmap":
         out = per_task(params, batch, keys)
         return jax.tree.map(lambda x: jnp.mean(x, axis=0), out) if reduce else out

@@ -15,7 +15,7 @@ import optax
 from jmeta import algorithms
 from jmeta.core._inner import mse_loss
 from jmeta.core._losses import accuracy, cross_entropy_loss
-from jmeta.core._meta import MetaLearner
+from jmeta.core._meta import MetaLearner, default_task_map
 from jmeta.core._types import Episode, PRNGKey, TaskBatch
 from jmeta.data._dataset import ClassDataset
 from jmeta.data._class_batches import class_batch_sampler
@@ -117,6 +117,26 @@ def model_conv_impl(cfg: Config) -> str:
     if cfg.conv_impl != "auto":
         return cfg.conv_impl
     return "xla" if cfg.algorithm in METRIC + TRANSFER else default_conv_impl()
+
+
+def config_task_map(cfg: Config, family: str) -> str:
+    """The task map of a config: ``cfg.task_map``, or for ``"auto"`` the backend's default for
+    the model family (:func:`jmeta.core.default_task_map`), except that a convolutional network
+    with native convolutions and one set of weights per step (metric-based algorithms, transfer
+    baselines) is vmapped: its tasks fold into the batch, while inside a loop XLA:CPU's
+    convolution gradients are slow.
+
+    Example:
+      >>> config_task_map(Config(task_map="unroll"), "conv")
+      'unroll'
+      >>> config_task_map(Config(algorithm="protonets", model="conv4"), "conv")
+      'vmap'
+    """
+    if cfg.task_map != "auto":
+        return cfg.task_map
+    if family == "conv" and model_conv_impl(cfg) == "xla" and cfg.algorithm in METRIC + TRANSFER:
+        return "vmap"
+    return default_task_map(family)
 
 
 def _classifier(cfg: Config, example_shape: tuple) -> Model:

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jmeta.core._meta import default_task_map, init_state, make_meta_step
+from jmeta.core._meta import init_state, make_meta_step
 from jmeta.core._types import MetaState
 from jmeta.data._samplers import HostSampler
 from jmeta.distributed import (
@@ -33,8 +33,8 @@ from jmeta.distributed import (
     task_sharding,
 )
 from jmeta.train._build import (
-    Task, build_learner, build_optimizer, build_task, eval_queries, test_config, test_params,
-    test_task, base_classes,
+    Task, build_learner, build_optimizer, build_task, config_task_map, eval_queries, test_config,
+    test_params, test_task, base_classes,
 )
 from jmeta.train._checkpoint import (
     STEPS_DIR,
@@ -293,7 +293,7 @@ def train(
     learner = build_learner(cfg, task)
     val_learner = build_learner(test_config(cfg), test_task(task))
     optimizer = build_optimizer(cfg)
-    task_map = default_task_map(learner.family) if cfg.task_map == "auto" else cfg.task_map
+    task_map = config_task_map(cfg, learner.family)
     state = init_state(learner, optimizer, _seed_key(cfg))
     if sharded:
         state = shard_state(state, mesh)
@@ -524,7 +524,7 @@ def evaluate(
     if ckpt_step is not None:
         meta = _checkpoint_params(run_dir, cfg, learner, ckpt_step)
     meta = test_params(task, meta, _seed_key(cfg, _BN_STREAM))
-    task_map = default_task_map(learner.family) if cfg.task_map == "auto" else cfg.task_map
+    task_map = config_task_map(cfg, learner.family)
     test_key = _seed_key(cfg, _TEST_STREAM)
 
     t = time.perf_counter()
