@@ -103,17 +103,9 @@ def main(argv=None) -> int:
         c, t, f = _time(fn, *fargs, reps=args.reps)
         rows.append(dict(piece=name, compile_s=c, ms=1000 * t, gflops=f and f / 1e9))
         print(f"{name:45s} compile {c:6.1f} s  {1000 * t:8.1f} ms", flush=True)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    c = time.perf_counter() - t0
-    jax.block_until_ready(compiled(state, batch))
-    times = []
-    for _ in range(args.reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(state, batch))
-        times.append(time.perf_counter() - t0)
+    c, t, f = _time(step, state, batch, reps=args.reps)
     rows.append(dict(piece="meta-step (task gradients, mean, Adam, metrics)", compile_s=c,
-                     ms=1000 * statistics.median(times), gflops=(cost_flops(compiled) or 0) / 1e9))
+                     ms=1000 * t, gflops=f and f / 1e9))
     print(f"{rows[-1]['piece']:45s} compile {c:6.1f} s  {rows[-1]['ms']:8.1f} ms", flush=True)
     grads0 = jax.tree.map(jnp.zeros_like, meta)
     c, t, f = _time(lambda g, o, p: tx.update(g, o, p), grads0, state.opt_state, meta, reps=args.reps)

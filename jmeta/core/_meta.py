@@ -104,8 +104,8 @@ def map_tasks(
     if n == 1:
         # One task: no loop and no vmap, whatever the strategy (a one-iteration loop would keep
         # its body's convolutions in a loop, where XLA:CPU's convolution gradients are slow).
-        out = jax.tree.map(lambda x: x[None], fn(params, jax.tree.map(lambda x: x[0], batch), keys[0]))
-        return jax.tree.map(lambda x: x[0], out) if reduce else out
+        out = fn(params, jax.tree.map(lambda x: x[0], batch), keys[0])
+        return out if reduce else jax.tree.map(lambda x: x[None], out)
 
     if strategy == "vmap":
         out = per_task(params, batch, keys)

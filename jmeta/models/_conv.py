@@ -122,15 +122,11 @@ def im2col_conv(
     if ho < 1 or wo < 1:
         raise ValueError(f"im2col_conv: a {kh}x{kw} window does not fit the padded input "
                          f"{hp}x{wp}.")
-    if (kh, kw) == (1, 1):
-        patches = lax.slice(x, (0, 0, 0, 0), (n, sh * (ho - 1) + 1, sw * (wo - 1) + 1, c),
-                            (1, sh, sw, 1))
-    else:
-        patches = jnp.concatenate([
-            lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                      (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)
-        ], axis=-1)
+    patches = jnp.concatenate([
+        lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                  (1, sh, sw, 1))
+        for i in range(kh) for j in range(kw)
+    ], axis=-1)
     return jnp.dot(patches, rhs.reshape(kh * kw * c, o), precision=precision,
                    preferred_element_type=preferred_element_type)
 
