@@ -328,11 +328,14 @@ def test_per_step_running_stats_are_those_of_the_network_after_k_steps():
     episodes = [_image_episode(s) for s in (1, 2)]
     got = per_step_batch_stats(model, learner, meta, episodes)
     assert got["bn_0"]["mean"].shape == (3, 4) and got["bn_3"]["var"].shape == (3, 4)
+    # Compiled once per k (op-by-op execution of the adapted network is slow on CPU).
+    adapt = jax.jit(learner.adapt, static_argnames="num_steps")
+    stats = jax.jit(model.stats_apply)
     for k in range(3):  # explicitly: adapt k steps, then the query batch's statistics
         want = []
         for ep in episodes:
-            params, _ = learner.adapt(meta, ep.support, num_steps=k)
-            want.append(model.stats_apply(params, ep.query.x))
+            params, _ = adapt(meta, ep.support, num_steps=k)
+            want.append(stats(params, ep.query.x))
         for layer in ("bn_0", "bn_3"):
             for stat in ("mean", "var"):
                 expect = np.mean([w[layer][stat] for w in want], axis=0)
