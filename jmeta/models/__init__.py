@@ -18,3 +18,14 @@ from jmeta.models._conv import CONV_IMPLS as CONV_IMPLS
 from jmeta.models._conv import default_conv_impl as default_conv_impl
 from jmeta.models._conv import im2col_conv as im2col_conv
 from jmeta.models._conv import resolve_conv_impl as resolve_conv_impl
+from jmeta.models._lora import LORA_TARGETS as LORA_TARGETS
+from jmeta.models._lora import LoRA as LoRA
+from jmeta.models._lora import LoRAAdapter as LoRAAdapter
+from jmeta.models._lora import lora_filter as lora_filter
+from jmeta.models._bert import BertConfig as BertConfig
+from jmeta.models._bert import BertEncoder as BertEncoder
+from jmeta.models._bert import BertLoRA as BertLoRA
+from jmeta.models._bert import bert_lora as bert_lora
+from jmeta.models._bert import default_bert_path as default_bert_path
+from jmeta.models._bert import load_bert as load_bert
+from jmeta.models._bert import tokenize as tokenize
