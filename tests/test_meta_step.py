@@ -95,15 +95,18 @@ def test_reptile_update_equals_the_manual_formula(small_model, tasks):
 
 def test_maml_lowers_the_post_adaptation_loss(small_model):
     learner = maml(small_model, 0.01, 1)
-    tx = optax.adam(3e-3)
+    tx = optax.adam(1e-2)
     step = make_meta_step(learner, tx, sampler=sinusoid_sampler(10, 10))
     state = init_state(learner, tx, jax.random.key(0))
-    losses = []
+    # Scored on 500 fixed held-out tasks: the training losses of 10-task batches are too noisy
+    # for a band (their ratio over 400 steps ranged 0.63-0.81 across seeds).
+    held_out = sinusoid_tasks(jax.random.key(123), num_tasks=500, k_shot=10)
+    score = jax.jit(lambda meta: jnp.mean(jax.vmap(lambda e: learner.task_grad(meta, e, None)[1]["loss"])(held_out)))
+    before = float(score(state.params))
     for _ in range(400):
-        state, m = step(state)
-        losses.append(m["loss"])
-    losses = np.asarray(jax.device_get(losses))
-    assert losses[-50:].mean() < 0.7 * losses[:50].mean(), (losses[:50].mean(), losses[-50:].mean())
+        state, _ = step(state)
+    after = float(score(state.params))
+    assert after < 0.7 * before, (before, after)
 
 
 def test_metastate_is_a_pytree_with_four_fields(small_model):

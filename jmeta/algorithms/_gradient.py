@@ -42,6 +42,7 @@ def gradient_learner(
     metric_fn: MetricFn | None = None,
     name: str = "gradient_learner",
     unroll: bool | None = None,
+    truncate: int | None = None,
 ) -> MetaLearner:
     """A learner that adapts by ``num_steps`` steps of ``rule`` and meta-learns by backprop.
 
@@ -63,6 +64,11 @@ def gradient_learner(
         reported by ``task_grad`` beside the loss.
       unroll: unroll inner loops of up to ``jmeta.core.MAX_UNROLLED_STEPS`` steps; ``None`` =
         :func:`jmeta.core.default_inner_unroll` (conv models on CPU). Values are unchanged.
+      truncate: backpropagate through the last ``truncate`` inner steps only (``None``: all),
+        for long inner loops, e.g. a learned rule meta-trained on 50-100 steps; the
+        initialisation gets the gradient of the adapted parameters passed through the truncated
+        steps unchanged (see :func:`jmeta.core.inner_loop`). Combine with ``remat``: memory then
+        grows with ``truncate``, not with ``num_steps``, and compile time with neither.
 
     Example (BOIL-style: adapt the body, freeze the head):
       >>> import jax
@@ -75,6 +81,15 @@ def gradient_learner(
     """
     _check_steps(name, num_steps)
     unroll = resolve_unroll(unroll, model.family)
+    if truncate is not None and (
+        isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < 1
+    ):
+        raise ValueError(
+            f"{name}: truncate must be None (backprop through every inner step) or a positive "
+            f"int, the number of last inner steps to backprop through; got {truncate!r}."
+        )
+    if not isinstance(rule, InnerRule):
+        raise ValueError(f"{name}: rule must be a jmeta.inner InnerRule; got {rule!r}.")  # noqa: TRY004
 
     def mask_of(params):
         return None if adapt_filter is None else mask_by_path(params, adapt_filter)
@@ -108,6 +123,7 @@ def gradient_learner(
             mask=mask_of(meta["model"]),
             eval_fn=eval_fn,
             unroll=unroll,
+            truncate=truncate,
         )
 
     def task_loss(meta, episode: Episode, key):
@@ -142,12 +158,16 @@ def maml(
     first_order: bool = False,
     remat: bool = False,
     unroll: bool | None = None,
+    truncate: int | None = None,
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
     """MAML (Finn et al. 2017): learn an initialisation that adapts in a few SGD steps.
 
-    ``rule`` replaces plain SGD by another inner rule (e.g. :func:`jmeta.inner.lslr`).
+    ``rule`` replaces plain SGD by another inner rule (e.g. :func:`jmeta.inner.lslr`, or a
+    learned recurrent rule, :func:`jmeta.inner.meta_lstm` or :func:`jmeta.inner.lstm_optimizer`,
+    whose weights are then meta-learned with the initialisation). ``truncate`` backpropagates
+    through the last ``truncate`` inner steps only (see :func:`gradient_learner`).
 
     Example:
       >>> import jax, optax
@@ -171,6 +191,7 @@ def maml(
         first_order=first_order,
         remat=remat,
         unroll=unroll,
+        truncate=truncate,
         metric_fn=metric_fn,
         name="maml",
     )
@@ -196,6 +217,7 @@ def metasgd(
     first_order: bool = False,
     remat: bool = False,
     unroll: bool | None = None,
+    truncate: int | None = None,
     metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
     """Meta-SGD (Li et al. 2017): learn the initialisation and a step size per coordinate.
@@ -215,6 +237,7 @@ def metasgd(
         first_order=first_order,
         remat=remat,
         unroll=unroll,
+        truncate=truncate,
         metric_fn=metric_fn,
         name="metasgd",
     )
@@ -230,6 +253,7 @@ def anil(
     first_order: bool = False,
     remat: bool = False,
     unroll: bool | None = None,
+    truncate: int | None = None,
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
@@ -254,6 +278,7 @@ def anil(
         first_order=first_order,
         remat=remat,
         unroll=unroll,
+        truncate=truncate,
         adapt_filter=lambda path: (path + "/").startswith(prefix),
         metric_fn=metric_fn,
         name="anil",
@@ -270,6 +295,7 @@ def boil(
     first_order: bool = False,
     remat: bool = False,
     unroll: bool | None = None,
+    truncate: int | None = None,
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
 ) -> MetaLearner:
@@ -299,6 +325,7 @@ def boil(
         first_order=first_order,
         remat=remat,
         unroll=unroll,
+        truncate=truncate,
         adapt_filter=lambda path: not (path + "/").startswith(prefix),
         metric_fn=metric_fn,
         name="boil",
