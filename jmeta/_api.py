@@ -1,7 +1,12 @@
-"""A trained run as an object: ``jmeta.load(RUN_DIR)`` adapts to new support sets and predicts."""
+"""A trained run as an object: ``jmeta.load(RUN_DIR)`` adapts to new support sets and predicts.
+
+Image runs adapt to images (files, PIL images, arrays); text runs (``task="banking77"`` or
+``"text"``) to lists of strings, tokenized as in training.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +32,8 @@ class AdaptedLearner:
         self.labels = labels
 
     def predict_proba(self, queries) -> np.ndarray:
-        """``[N, ways]`` class probabilities of the query images (raw or preprocessed)."""
+        """``[N, ways]`` class probabilities of the queries (images, raw or preprocessed; or
+        texts for a text run)."""
         x = self._preprocess(queries)
         logits = self._predict(self.task_params, jnp.asarray(x))
         return np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
@@ -92,21 +98,32 @@ class TrainedLearner:
             )
         return np.stack([_convert(im, fmt) for im in images]).astype(np.float32) / 255.0
 
-    def adapt(self, support_x, support_y: Sequence, *, num_steps: int | None = None) -> AdaptedLearner:
+    def adapt(self, support_x, support_y: Sequence, *, num_steps: int | None = None,
+              classes: Sequence | None = None) -> AdaptedLearner:
         """Adapts to a labelled support set (N-way K-shot) and returns the adapted learner.
 
         ``support_y`` holds any hashable labels (strings or ints); they are mapped to
-        ``0..N-1`` in sorted order. ``num_steps`` defaults to :attr:`test_steps`.
+        ``0..N-1`` in sorted order, or in the order of ``classes`` when given (then every
+        class needs at least one support example, and every label must be one of them).
+        ``num_steps`` defaults to :attr:`test_steps`.
 
-        Raises ``ValueError`` when the number of classes differs from what the learner can
-        handle (a gradient-based learner's head has exactly ``ways`` outputs).
+        Raises ``ValueError`` for an empty support set, a class without support examples, or
+        a number of classes the learner cannot handle (a gradient-based learner's head has
+        exactly ``ways`` outputs).
         """
         from jmeta.train._config import WAYS_FREE
 
+        if isinstance(support_y, str):
+            raise ValueError("support_y must be a list of labels, one per support example; got "
+                             "one string.")
+        support_y = list(support_y)
+        if not support_y:
+            raise ValueError("The support set is empty: give at least one labelled example per "
+                             "class.")
         x = self.preprocess(support_x)
-        labels = sorted(set(support_y), key=_sort_key)
         if len(support_y) != len(x):
-            raise ValueError(f"{len(x)} support images but {len(support_y)} labels.")
+            raise ValueError(f"{len(x)} support examples but {len(support_y)} labels.")
+        labels = _class_order(support_y, classes)
         if len(labels) < 2:
             raise ValueError("The support set needs at least 2 distinct labels.")
         fixed = self.config.algorithm not in WAYS_FREE
@@ -125,15 +142,86 @@ class TrainedLearner:
     def _compiled(self, ways: int):
         """Jitted ``(adapt, predict)`` for ``ways`` classes (metric-based learners take any)."""
         if ways not in self._by_ways:
-            from jmeta.train._build import build_learner, model_task
-
-            cfg = self.config.replace(ways=ways)
-            learner = build_learner(cfg, model_task(cfg))
-            self._by_ways[ways] = (
-                jax.jit(lambda m, s, n: learner.adapt(m, s, num_steps=n)[0], static_argnums=2),
-                jax.jit(learner.predict),
-            )
+            self._by_ways[ways] = _jitted(self.config, ways)
         return self._by_ways[ways]
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted(config, ways: int):
+    """``(adapt, predict)`` jitted once per config and ways in a process: runs loaded again (or
+    by ``jmeta predict`` after ``jmeta.load``) reuse the compiled functions."""
+    from jmeta.train._build import build_learner, model_task
+
+    cfg = config.replace(ways=ways)
+    learner = build_learner(cfg, model_task(cfg))
+    return (jax.jit(lambda m, s, n: learner.adapt(m, s, num_steps=n)[0], static_argnums=2),
+            jax.jit(learner.predict))
+
+
+class TextLearner(TrainedLearner):
+    """A meta-trained text classifier (``task="banking77"`` or ``"text"``) loaded by :func:`load`.
+
+    Support sets and queries are lists of strings, tokenized inside exactly as in training
+    (the run's ``max_length`` and tokenizer); predictions are the support set's label names.
+
+    Example::
+
+        learner = jmeta.load("runs/banking77_maml-5w1s")
+        adapted = learner.adapt(["card never came", "what is the fee", "reset my PIN",
+                                 "top up failed", "I want a refund"],
+                                ["arrival", "fee", "pin", "top_up", "refund"])
+        adapted.predict(["Where is my new card?", "Refund please"])   # ['arrival', 'refund']
+    """
+
+    def __init__(self, config, learner, meta_params, checkpoint_step):
+        super().__init__(config, learner, meta_params, checkpoint_step, image_format={})
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length
+
+    def preprocess(self, texts) -> np.ndarray:
+        """Token ids ``int32 [N, max_length]`` of a list of strings (or ids already made so,
+        used as they are)."""
+        from jmeta.models._bert import tokenize
+
+        if isinstance(texts, np.ndarray) and texts.dtype.kind in "iu":
+            if texts.ndim != 2 or texts.shape[1] != self.max_length:
+                raise ValueError(f"Token ids must have shape [N, {self.max_length}]; got "
+                                 f"{texts.shape}. Pass strings to have them tokenized.")
+            return texts.astype(np.int32)
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence | np.ndarray):
+            raise ValueError(f"Pass a list of texts (strings); got {type(texts).__name__}.")
+        texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise ValueError(f"Texts must be strings; item {bad[0]} is "
+                             f"{type(texts[bad[0]]).__name__}.")
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            raise ValueError(f"Text {empty[0]} is empty (after stripping spaces).")
+        if not texts:
+            return np.zeros((0, self.max_length), np.int32)
+        return tokenize(texts, self.max_length, path=self.config.bert_path or None)
+
+
+def _class_order(support_y: list, classes) -> list:
+    """The classes in label-index order: ``classes`` (checked against the labels) or the sorted
+    distinct labels."""
+    if classes is None:
+        return sorted(set(support_y), key=_sort_key)
+    classes = list(classes)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes repeats a name: {classes}.")
+    unknown = sorted({y for y in support_y if y not in set(classes)}, key=_sort_key)
+    if unknown:
+        raise ValueError(f"Support labels {unknown[:10]} are not among the classes {classes}.")
+    present = set(support_y)
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise ValueError(f"Class {missing[0]!r} has no support example (classes without any: "
+                         f"{missing[:10]}); every class needs at least one labelled example.")
+    return classes
 
 
 def _sort_key(label):
@@ -171,7 +259,8 @@ def load(run_dir: str | os.PathLike, *, checkpoint: str | int = "best") -> Train
     """Loads a trained classification run: a learner that adapts to any support set.
 
     ``checkpoint="best"`` (default) takes the checkpoint with the best validation score,
-    ``"final"`` the final meta-parameters, an int that step. No dataset is needed.
+    ``"final"`` the final meta-parameters, an int that step. No dataset is needed. A text run
+    gives a :class:`TextLearner` (support and queries are lists of strings).
 
     Example::
 
@@ -179,6 +268,10 @@ def load(run_dir: str | os.PathLike, *, checkpoint: str | int = "best") -> Train
         adapted = learner.adapt(support_images, ["a", "b", "c", "d", "e"])
         adapted.predict(query_images)          # labels
         adapted.predict_proba(query_images)    # [N, 5] probabilities
+
+        texts = jmeta.load("runs/banking77_protonets-5w1s")
+        adapted = texts.adapt(["I lost my card", "How do I top up?"], ["lost", "top_up"])
+        adapted.predict(["my card was stolen"])    # ['lost']
     """
     from jmeta.train._build import build_learner, image_format, model_task
     from jmeta.train._checkpoint import restore_tree
@@ -200,4 +293,8 @@ def load(run_dir: str | os.PathLike, *, checkpoint: str | int = "best") -> Train
         from jmeta.train._loop import _final_step
 
         step = _final_step(run_dir)
+    from jmeta.train._config import TEXT_TASKS
+
+    if cfg.task in TEXT_TASKS:
+        return TextLearner(cfg, learner, meta, step)
     return TrainedLearner(cfg, learner, meta, step, image_format(cfg))

@@ -1,5 +1,6 @@
 """The ``jmeta`` command: ``jmeta train CONFIG [key=value ...]``, ``jmeta eval RUN_DIR``,
-``jmeta predict RUN_DIR --support DIR --query DIR``, ``jmeta data`` and ``jmeta bench [SUITE]``."""
+``jmeta predict RUN_DIR --support DIR --query DIR`` (text runs: ``--support support.csv
+--queries queries.csv|queries.txt``), ``jmeta data`` and ``jmeta bench [SUITE]``."""
 
 from __future__ import annotations
 
@@ -40,11 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--shots", type=int, help="test with K-shot episodes")
     e.add_argument("--queries", type=int, help="query examples per class in the test episodes")
 
-    r = sub.add_parser("predict", help="adapt a trained run to a support folder, label a query folder")
+    r = sub.add_parser("predict", help="adapt a trained run to a support set, label queries "
+                                       "(images: folders; text runs: CSV / text files)")
     r.add_argument("run_dir")
     r.add_argument("--support", required=True,
-                   help="folder with one subfolder of images per class (the subfolder names are the labels)")
-    r.add_argument("--query", required=True, help="folder (or single image file) of images to label")
+                   help="images: folder with one subfolder of images per class (the subfolder "
+                        "names are the labels); text: CSV or JSON lines of (text, label) rows")
+    r.add_argument("--query", "--queries", dest="query", required=True,
+                   help="images: folder (or single image file) to label; text: a CSV with a "
+                        "text column, or a .txt file with one text per line")
+    r.add_argument("--text-column", default="text", help="text runs: the text column (default: text)")
+    r.add_argument("--label-column",
+                   help="text runs: the support file's label column (default: the first of "
+                        "label, category, intent)")
     r.add_argument("--steps", type=int, help="inner steps (default: the config's test-time steps)")
     r.add_argument("--checkpoint", default="best", help="'best' (default), 'final' or a step")
     r.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
@@ -117,11 +126,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{run_dir} already holds the finished run ({res['steps']} steps); nothing "
                       "was changed. `jmeta eval` meta-tests it again.", file=sys.stderr)
                 return 0
-            print(
-                f"trained {res['steps']} steps in {res['train_s']:.1f} s "
-                f"({res['steps_per_sec']:.0f} steps/s, compile {res['compile_s']:.1f} s); "
-                f"final query loss {res['final_loss']:.4f}"
-            )
+            if res["steps"] == 0:
+                print("num_steps=0: no meta-training; the initial meta-parameters are evaluated")
+            else:
+                print(
+                    f"trained {res['steps']} steps in {res['train_s']:.1f} s "
+                    f"({res['steps_per_sec']:.3g} steps/s, compile {res['compile_s']:.1f} s); "
+                    f"final query loss {res['final_loss']:.4f}"
+                )
             if jax.process_count() > 1:
                 return 0  # the launcher (or the user) meta-tests the finished run
             if not args.no_eval:
@@ -182,6 +194,16 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _predict(args) -> int:
     """``jmeta predict``: CSV (file, label, probability of each class) on stdout."""
+    from jmeta.train._config import TEXT_TASKS
+    from jmeta.train._loop import load_run_config
+
+    try:
+        task = load_run_config(args.run_dir).task
+    except (ValueError, FileNotFoundError) as err:
+        print(f"jmeta: error: {err}", file=sys.stderr)
+        return 2
+    if task in TEXT_TASKS:
+        return _predict_text(args)
     support, query = Path(args.support), Path(args.query)
     problems = []
     if not support.is_dir():
@@ -224,6 +246,87 @@ def _predict(args) -> int:
     out.writerow(["file", "label"] + [f"p({n})" for n in names])
     for f, p in zip(queries, probs):
         out.writerow([str(f), names[int(p.argmax())]] + [f"{float(v):.6f}" for v in p])
+    return 0
+
+
+def _read_queries(path: Path, text_column: str) -> tuple[list[str], list[str] | None]:
+    """Query texts (and labels, when the file has a label column) of a .txt file (one text per
+    non-blank line) or a CSV / JSON-lines file with a ``text_column``."""
+    from jmeta.data._loaders import _LABEL_FIELDS, _read_jsonl
+
+    if path.suffix.lower() == ".txt":
+        texts = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        return [t for t in texts if t], None
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+            rows, columns = _read_jsonl(f, path)
+        else:
+            import csv
+
+            reader = csv.DictReader(f)
+            columns, rows = list(reader.fieldnames or []), list(reader)
+    if text_column not in columns:
+        raise ValueError(f"{path}: no text column {text_column!r}; columns found: {columns} "
+                         "(pass --text-column, or give a .txt file with one text per line).")
+    label = next((c for c in _LABEL_FIELDS if c in columns), None)
+    texts = [str(r.get(text_column) or "").strip() for r in rows]
+    empty = [i + 2 for i, t in enumerate(texts) if not t]
+    if empty:
+        raise ValueError(f"{path}: row {empty[0]} has an empty text.")
+    return texts, ([str(r.get(label, "")) for r in rows] if label else None)
+
+
+def _predict_text(args) -> int:
+    """``jmeta predict`` for a text run: support CSV of (text, label), queries CSV or .txt."""
+    import csv
+
+    import numpy as np
+
+    import jmeta
+    from jmeta.data._loaders import load_text_file
+
+    support, query = Path(args.support), Path(args.query)
+    checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
+    try:
+        for flag, path in (("--support", support), ("--queries", query)):
+            if not path.is_file():
+                raise FileNotFoundError(f"{flag} {path} is not a file (text runs take a CSV or "
+                                        "JSON-lines file; queries may be a .txt file).")
+        ds = load_text_file(support, text_field=args.text_column, label_field=args.label_column)
+        texts, labels = [], []
+        for c, name in enumerate(ds.class_names):
+            start, count = int(ds.class_start[c]), int(ds.class_count[c])
+            texts += [str(t) for t in ds.data[start:start + count]]
+            labels += [name] * count
+        blank = [labels[i] for i, t in enumerate(texts) if not t.strip()]
+        if blank:
+            raise ValueError(f"{support}: a row of class {blank[0]!r} has an empty text.")
+        queries, truth = _read_queries(query, args.text_column)
+        if not queries:
+            raise ValueError(f"{query} holds no query text.")
+        learner = jmeta.load(args.run_dir, checkpoint=checkpoint)
+        adapted = learner.adapt(texts, labels, num_steps=args.steps)
+        probs = adapted.predict_proba(queries)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"jmeta: error: {err}", file=sys.stderr)
+        return 2
+    names = adapted.labels
+    predicted = [names[int(i)] for i in np.argmax(probs, axis=-1)]
+    if args.json:
+        for t, label, p in zip(queries, predicted, probs):
+            print(json.dumps({"text": t, "label": label,
+                              "probabilities": {str(n): round(float(v), 6) for n, v in zip(names, p)}}))
+    else:
+        out = csv.writer(sys.stdout)
+        out.writerow(["text", "label"] + [f"p({n})" for n in names])
+        for t, label, p in zip(queries, predicted, probs):
+            out.writerow([t, label] + [f"{float(v):.6f}" for v in p])
+    if truth is not None:
+        known = [(a, b) for a, b in zip(predicted, truth) if b in set(names)]
+        if known:
+            acc = 100.0 * sum(a == b for a, b in known) / len(known)
+            print(f"jmeta: accuracy {acc:.1f}% on the {len(known)} queries whose label is a "
+                  "support class", file=sys.stderr)
     return 0
 
 

@@ -29,7 +29,8 @@ def test_every_published_row_loads_and_shrinks_for_a_cpu(config, row):
     cfg = load_config(f"{path}:{row}")
     ways, shots = (int(v) for v in row.rstrip("s").split("w"))
     assert ((cfg.eval_ways or cfg.ways), cfg.k_shot) == (ways, shots)
-    assert cfg.name == f"{config}-{row}" and cfg.eval_tasks >= 1000
+    # Image rows test on 1000 tasks as the papers did; text rows (BANKING77) on 600.
+    assert cfg.name == f"{config}-{row}" and cfg.eval_tasks >= (600 if cfg.task == "banking77" else 1000)
     assert cfg.paper_source or not cfg.paper_result
     local = load_config(f"{path}:{row},runlocal")
     assert local.num_steps <= 100 and local.meta_batch_size <= 4 and local.name.endswith("-runlocal")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 
 from jmeta.algorithms._gradient import LossFn, MetricFn, _check_steps, query_metrics
 from jmeta.core._inner import InnerRule, inner_loop, mse_loss, resolve_unroll, support_minibatches
 from jmeta.core._meta import MetaLearner
+from jmeta.core._tree import mask_by_path
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.inner._rules import sgd
 from jmeta.models._functional import Model
@@ -22,6 +25,7 @@ def reptile(
     metric_fn: MetricFn | None = None,
     inner_batch: int | None = None,
     unroll: bool | None = None,
+    adapt_filter: Callable[[str], bool] | None = None,
 ) -> MetaLearner:
     """Reptile: the meta-gradient of a task is ``meta_params - adapted_params``.
 
@@ -36,8 +40,18 @@ def reptile(
     train shots). ``None`` takes full-batch steps. Adaptation at test time (``adapt``) always
     uses the whole support set.
 
+    Reptile's meta-gradient moves the initialisation only: it has no term for the learnable
+    pieces of a rule (Meta-SGD rates, the weights of :func:`jmeta.inner.lstm_optimizer`), which
+    would stay at their random initialisation. A rule with learnable pieces is therefore an
+    error; to run a learned rule trained elsewhere (by MAML, say), fix it with
+    :func:`jmeta.inner.frozen_rule`.
+
     ``unroll``: unroll inner loops of up to ``jmeta.core.MAX_UNROLLED_STEPS`` steps; ``None`` =
     :func:`jmeta.core.default_inner_unroll` (conv models on CPU). Values are unchanged.
+
+    ``adapt_filter``: ``path -> bool`` choosing the parameters the inner loop adapts (as in
+    :func:`jmeta.algorithms.gradient_learner`, e.g. ``jmeta.models.lora_filter``); the others
+    stay out of the loop's carry and their meta-gradient is exactly zero. ``None`` adapts all.
 
     Example:
       >>> import jax, optax
@@ -57,10 +71,22 @@ def reptile(
     rule = rule if rule is not None else sgd(inner_lr)
     unroll = resolve_unroll(unroll, model.family)
 
+    def mask_of(params):
+        return None if adapt_filter is None else mask_by_path(params, adapt_filter)
+
     def init(key: PRNGKey) -> Params:
         model_key, rule_key = jax.random.split(key)
         params = model.init(model_key)
-        return {"model": params, "rule": rule.init_meta(rule_key, params)}
+        rule_meta = rule.init_meta(rule_key, params)
+        if jax.tree.leaves(rule_meta):
+            raise ValueError(
+                "reptile: the inner rule has learnable pieces (such as meta_sgd rates or LSTM "
+                "weights), but Reptile's meta-gradient (meta_params - adapted_params) cannot "
+                "train them; use a rule with nothing to learn (sgd, from_optax), fix a trained "
+                "rule with jmeta.inner.frozen_rule(rule, rule_meta), or meta-train the rule "
+                "with maml/fomaml."
+            )
+        return {"model": params, "rule": rule_meta}
 
     def batch_loss(params: Params, batch: Batch) -> jax.Array:
         return loss_fn(model.apply(params, batch.x), batch.y)
@@ -69,7 +95,7 @@ def reptile(
         del key, first_order
         return inner_loop(
             batch_loss, rule, meta["model"], meta["rule"], support, num_steps, eval_fn=eval_fn,
-            unroll=unroll,
+            unroll=unroll, mask=mask_of(meta["model"]),
         )
 
     def task_grad(meta, episode: Episode, key):
@@ -85,7 +111,8 @@ def reptile(
                 )
             batches = support_minibatches(key, episode.support, num_steps, inner_batch)
             params, trace = inner_loop(batch_loss, rule, meta["model"], meta["rule"], batches,
-                                       num_steps, per_step_batches=True, unroll=unroll)
+                                       num_steps, per_step_batches=True, unroll=unroll,
+                                       mask=mask_of(meta["model"]))
         grads = {
             "model": jax.tree.map(lambda m, p: m - p, meta["model"], params),
             "rule": jax.tree.map(lambda r: 0.0 * r, meta["rule"]),

@@ -23,3 +23,12 @@ from jmeta.data._samplers import device_sampler as device_sampler
 from jmeta.data._sinusoid import sinusoid_sampler as sinusoid_sampler
 from jmeta.data._sinusoid import sinusoid_tasks as sinusoid_tasks
 from jmeta.data._class_batches import class_batch_sampler as class_batch_sampler
+from jmeta.data._text import BANKING77_SPLIT_DIR as BANKING77_SPLIT_DIR
+from jmeta.data._text import load_banking77 as load_banking77
+from jmeta.data._text import load_text_splits as load_text_splits
+from jmeta.data._text import load_texts as load_texts
+from jmeta.data._text import random_class_split as random_class_split
+from jmeta.data._text import read_class_split as read_class_split
+from jmeta.data._text import select_classes as select_classes
+from jmeta.data._text import token_sampler as token_sampler
+from jmeta.data._text import tokenize_dataset as tokenize_dataset

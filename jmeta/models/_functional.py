@@ -197,7 +197,8 @@ def with_compute_dtype(model: Model, dtype) -> Model:
 
     Parameters and inputs are cast inside ``apply`` (and ``eval_apply``, ``stats_apply`` when
     present) and outputs cast back to float32, so the parameters, their gradients, inner-loop
-    updates, optimizer state and BatchNorm statistics all stay float32.
+    updates, optimizer state and BatchNorm statistics all stay float32. Integer inputs (the
+    token ids of :func:`jmeta.models.bert_lora`) are passed through uncast.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -215,7 +216,9 @@ def with_compute_dtype(model: Model, dtype) -> Model:
 
         def wrapped(params, x):
             low = jax.tree.map(lambda p: p.astype(dtype), params)
-            return jax.tree.map(lambda y: y.astype(jnp.float32), fn(low, x.astype(dtype)))
+            # Integer inputs (token ids of a text model) are indices, not values: never cast.
+            x = x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+            return jax.tree.map(lambda y: y.astype(jnp.float32), fn(low, x))
 
         return wrapped
 

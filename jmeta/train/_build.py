@@ -21,6 +21,7 @@ from jmeta.data._dataset import ClassDataset
 from jmeta.data._class_batches import class_batch_sampler
 from jmeta.data._samplers import HostSampler, device_sampler
 from jmeta.data._sinusoid import sinusoid_sampler, sinusoid_tasks
+from jmeta.inner._lstm import lstm_optimizer, meta_lstm
 from jmeta.inner._rules import from_optax, lslr, sgd
 from jmeta.models._functional import Model, with_compute_dtype
 from jmeta.models._conv import default_conv_impl
@@ -30,6 +31,7 @@ from jmeta.models._batchnorm import estimate_batch_stats
 from jmeta.models._mlp import mlp
 from jmeta.train._config import (CLASSIFICATION, METRIC, TRANSFER, Config, ConfigError,
                                  train_shots)
+from jmeta.train._config import TEXT_TASKS
 
 EVAL_CHUNK = 50  # test tasks gathered at a time (bounds memory for large episodes)
 
@@ -218,11 +220,19 @@ def _load(task: str, split: str, protocol: str, data_dir: str, cache_dir: str, i
 
 def load_split(cfg: Config, split: str) -> ClassDataset:
     """One split of the config's dataset (cached in memory per process)."""
+    if cfg.task in TEXT_TASKS:  # token ids (jmeta/train/_text.py)
+        from jmeta.train._text import text_split
+
+        return text_split(cfg, split)
     return _load(cfg.task, split, cfg.omniglot_protocol, cfg.data_dir, cfg.cache_dir, cfg.image_size)
 
 
 def build_task(cfg: Config, *, need_train: bool = True) -> Task:
     """Loads the datasets a config names and checks its episodes are possible (before compiling)."""
+    if cfg.task in TEXT_TASKS:  # token ids, BERT + LoRA (jmeta/train/_text.py)
+        from jmeta.train._text import build_text_task
+
+        return build_text_task(cfg, need_train=need_train)
     if cfg.task == "sinusoid":
         def sinusoid_test(key, n, split):
             del split
@@ -294,6 +304,10 @@ def image_format(cfg: Config) -> dict:
 def model_task(cfg: Config) -> Task:
     """The model, loss and metric of a classification config, without loading any data
     (for adapting a trained learner to a user's own examples)."""
+    if cfg.task in TEXT_TASKS:
+        from jmeta.train._text import text_model_task
+
+        return text_model_task(cfg)
     fmt = image_format(cfg)
     model = _dtype(cfg, _classifier(cfg, (fmt["size"], fmt["size"], fmt["channels"])))
 
@@ -313,6 +327,10 @@ def _rule(cfg: Config):
         return lslr(cfg.inner_lr, cfg.inner_steps)
     if cfg.inner_rule == "adam":
         return from_optax(optax.adam(cfg.inner_lr, b1=cfg.inner_beta1))
+    if cfg.inner_rule == "meta_lstm":
+        return meta_lstm(cfg.lstm_hidden)
+    if cfg.inner_rule == "lstm_optimizer":
+        return lstm_optimizer(cfg.lstm_hidden, output_scale=cfg.lstm_output_scale)
     return sgd(cfg.inner_lr)
 
 
@@ -330,6 +348,10 @@ def base_classes(cfg: Config) -> int:
 
 
 def build_learner(cfg: Config, task: Task) -> MetaLearner:
+    if cfg.model == "bert_lora":  # adapters + head only (jmeta/train/_text.py)
+        from jmeta.train._text import text_learner
+
+        return text_learner(cfg, task)
     model = task.model
     common = dict(remat=cfg.remat, loss_fn=task.loss_fn, metric_fn=task.metric_fn)
     plain = dict(loss_fn=task.loss_fn, metric_fn=task.metric_fn)
@@ -356,7 +378,8 @@ def build_learner(cfg: Config, task: Task) -> MetaLearner:
         return algorithms.r2d2(model, ways=cfg.ways, metric_fn=task.metric_fn)
     if cfg.algorithm == "metasgd":
         lr = cfg.metasgd_init_lr[0] if len(cfg.metasgd_init_lr) == 1 else tuple(cfg.metasgd_init_lr)
-        return algorithms.metasgd(model, lr, cfg.inner_steps, first_order=cfg.first_order, **common)
+        return algorithms.metasgd(model, lr, cfg.inner_steps, first_order=cfg.first_order,
+                                  truncate=cfg.inner_truncate or None, **common)
     if cfg.algorithm == "protonets":
         return algorithms.protonets(model, ways=cfg.ways, distance=cfg.distance,
                                     metric_fn=task.metric_fn)
@@ -371,7 +394,7 @@ def build_learner(cfg: Config, task: Task) -> MetaLearner:
             per_step_bn=cfg.per_step_bn and cfg.model != "mlp", **common)
     factory = {"maml": algorithms.maml, "fomaml": algorithms.fomaml, "anil": algorithms.anil,
                "boil": algorithms.boil}[cfg.algorithm]
-    kwargs = dict(rule=_rule(cfg), **common)
+    kwargs = dict(rule=_rule(cfg), truncate=cfg.inner_truncate or None, **common)
     if cfg.algorithm != "fomaml":
         kwargs["first_order"] = cfg.first_order
     return factory(model, cfg.inner_lr, cfg.inner_steps, **kwargs)
@@ -392,6 +415,10 @@ def build_schedule(cfg: Config):
 
 def build_optimizer(cfg: Config) -> optax.GradientTransformation:
     lr = build_schedule(cfg)
+    if cfg.model == "bert_lora":  # no optimizer state for the frozen encoder, no update of it
+        from jmeta.train._text import freeze_backbone
+
+        return freeze_backbone(optax.sgd(lr) if cfg.meta_optimizer == "sgd" else optax.adam(lr))
     if cfg.meta_optimizer == "sgd":
         return optax.sgd(lr)
     return optax.adam(lr)

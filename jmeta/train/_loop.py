@@ -44,7 +44,9 @@ from jmeta.train._checkpoint import (
     save_tree,
 )
 from jmeta.train._config import METRIC, TRANSFER, WAYS_FREE, Config, ConfigError, incompatible_fields, load_config
+from jmeta.train._config import TEXT_TASKS
 from jmeta.train._eval import (
+    adaptation_at,
     adaptation_curves,
     finetune_curves,
     mean_ci95,
@@ -226,7 +228,7 @@ def validation_score(task: Task, learner, params, cfg: Config, task_map: str) ->
     split = "val" if task.classification else cfg.eval_split
     steps = val_steps(cfg, learner)
     curves = _curves(task, learner, params, _seed_key(cfg, _VAL_STREAM), cfg.val_tasks,
-                     steps, split, task_map)
+                     steps, split, task_map, only=(steps,))
     value = float(np.mean(curves[:, steps]))
     return value if task.classification else -value
 
@@ -295,6 +297,8 @@ def train(
     optimizer = build_optimizer(cfg)
     task_map = config_task_map(cfg, learner.family)
     state = init_state(learner, optimizer, _seed_key(cfg))
+    if cfg.num_steps == 0:
+        return _untrained(cfg, run_dir, state, lead, task_map)
     if sharded:
         state = shard_state(state, mesh)
     step_fn = make_meta_step(
@@ -436,6 +440,28 @@ def train(
     return results
 
 
+def _untrained(cfg: Config, run_dir: Path, state: MetaState, lead: bool, task_map: str) -> dict:
+    """``num_steps=0`` (text baselines): no meta-training; the initial meta-parameters (the
+    pretrained encoder, LoRA ``B = 0``) are saved as the run's final parameters."""
+    final = run_dir / "checkpoints" / "meta"
+    if lead and final.exists():
+        shutil.rmtree(final)
+    _sync("final-meta")
+    save_tree(final, state.params)
+    if not lead:
+        return {"process_index": jax.process_index(), "steps": 0}
+    results = {
+        "name": cfg.name, "algorithm": cfg.algorithm, "steps": 0, "final_loss": None,
+        "compile_s": 0.0, "train_s": 0.0, "steps_per_sec": 0.0, "resumed_from": [],
+        "best_checkpoint_step": None, "baseline_train_s": None, "task_map": task_map,
+        "mesh": {}, "processes": jax.process_count(), "environment": dict(environment()),
+        "note": "num_steps=0: no meta-training; the initial meta-parameters are evaluated",
+    }
+    (run_dir / METRICS_FILE).write_text("")  # no meta-training rows
+    (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
 def load_run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
@@ -452,12 +478,19 @@ def load_meta_params(run_dir: str | Path, cfg: Config | None = None, task: Task 
 
 
 def _curves(task: Task, learner, params, key, n: int, max_steps: int, split: str, task_map: str,
-            lr: float | None = None) -> np.ndarray:
-    """Per-task test metric after 0..max_steps inner steps, over ``n`` tasks of ``split``."""
+            lr: float | None = None, only: tuple | None = None) -> np.ndarray:
+    """Per-task test metric after 0..max_steps inner steps, over ``n`` tasks of ``split``.
+
+    Text tasks with ``only`` (the step counts reported) evaluate the query set after those
+    counts only (:func:`adaptation_at`; the other columns are NaN): through a transformer the
+    query set costs far more than an inner step on the support set."""
     metric = _metric(task)
     out = []
     for tasks in task.test_tasks(key, n, split):
-        if lr is None:
+        if lr is None and only is not None and task.cfg.task in TEXT_TASKS:
+            out.append(adaptation_at(learner, params, tasks, only, loss_fn=metric,
+                                     task_map=task_map))
+        elif lr is None:
             out.append(adaptation_curves(learner, params, tasks, max_steps, loss_fn=metric,
                                          task_map=task_map))
         else:
@@ -528,7 +561,8 @@ def evaluate(
     test_key = _seed_key(cfg, _TEST_STREAM)
 
     t = time.perf_counter()
-    curves = _curves(task, learner, meta, test_key, n, max_steps, cfg.eval_split, task_map)
+    curves = _curves(task, learner, meta, test_key, n, max_steps, cfg.eval_split, task_map,
+                     only=steps)
     rows = {cfg.algorithm: {str(s): mean_ci95(curves[:, s]) for s in steps}}
     eval_s = time.perf_counter() - t
 
