@@ -28,7 +28,7 @@ demo: $(STAMP)
 
 ## make test: the test suite (long runs marked `slow` excluded).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

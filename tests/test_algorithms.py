@@ -16,7 +16,12 @@ from jmeta.core._losses import cross_entropy_loss
 from jmeta.data import ClassDataset, class_batch_sampler, device_sampler
 from jmeta.train import Config, adaptation_curves
 from jmeta.train._build import build_learner, model_task
-from jmeta.train._config import ALGORITHMS, METRIC, TRANSFER, train_shots
+from jmeta.train._config import ALGORITHMS as ALL_ALGORITHMS
+from jmeta.train._config import METRIC, TEXT_ALGORITHMS, TRANSFER, train_shots
+
+# Image algorithms; "finetune" exists for text models only (tests/test_text_fewshot.py).
+TEXT_ONLY = ("finetune",)
+ALGORITHMS = tuple(a for a in ALL_ALGORITHMS if a not in TEXT_ONLY)
 
 WAYS, SHOTS, QUERIES, TASKS, CLASSES = 5, 1, 3, 2, 12
 
@@ -43,6 +48,7 @@ def config(algorithm: str, **changes) -> Config:
 
 def test_the_suite_covers_every_algorithm():
     assert set(SETTINGS) == set(ALGORITHMS)
+    assert set(TEXT_ONLY) <= set(TEXT_ALGORITHMS)
 
 
 def synthetic(seed: int = 0) -> ClassDataset:

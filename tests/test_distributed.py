@@ -203,6 +203,7 @@ def _reference_params(global_batch: int = 8, k_shot: int = 5, steps: int = 3):
     return batch, sampler
 
 
+@pytest.mark.slow  # long; `make test-slow` runs it
 def test_two_processes_match_one(tmp_path):
     """2 processes x 2 CPU devices (Gloo collectives over 127.0.0.1), 3 MAML steps on a global
     batch of 8 tasks (each process supplies 4), == one process with the same global batches."""

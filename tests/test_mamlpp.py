@@ -320,6 +320,7 @@ def _image_episode(seed):
     return Episode(Batch(x[:3], y[:3]), Batch(x, y))
 
 
+@pytest.mark.slow  # long; `make test-slow` runs it
 def test_per_step_running_stats_are_those_of_the_network_after_k_steps():
     from jmeta.algorithms import per_step_batch_stats
 

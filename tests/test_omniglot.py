@@ -74,6 +74,7 @@ def test_cache_round_trip_is_fast_and_equal(omniglot_root, tmp_path):
     assert cached_s < convert_s  # (the benchmark reports the times; this checks the cache is used)
 
 
+@pytest.mark.slow  # long; `make test-slow` runs it
 def test_other_sizes_and_resampling(omniglot_root, tmp_path):
     big, _ = load_omniglot_characters(omniglot_root, image_size=105, cache=tmp_path)
     near, _ = load_omniglot_characters(omniglot_root, resampling="nearest", cache=tmp_path)

@@ -147,6 +147,7 @@ def _blob_sampler(num_tasks, ways=3, shots=5, queries=5, dim=8, signal=2, noise=
     return lambda key: jax.vmap(one)(jax.random.split(key, num_tasks))
 
 
+@pytest.mark.slow  # long; `make test-slow` runs it
 def test_vmap_and_map_strategies_agree():
     learner = protonets(mlp(8, 6, hidden=(16,)), ways=3)
     meta = learner.init(jax.random.key(0))

@@ -416,16 +416,18 @@ def test_pretraining_transfers_to_new_classes(base_and_novel, head):
     state = init_state(learner, tx, jax.random.key(0))
     before = adaptation_curves(learner, state.params, tasks, 100, loss_fn=acc)
     step = make_meta_step(learner, tx, task_map="vmap", sampler=class_batch_sampler(base, 32))
-    first = None
-    for _ in range(100):
+    first, accuracies = None, []
+    for _ in range(200):
         state, metrics = step(state)
         first = first or {k: float(v) for k, v in metrics.items()}
+        accuracies.append(float(metrics["accuracy"]))
     after = adaptation_curves(learner, state.params, tasks, 100, loss_fn=acc)
 
     assert before.shape == after.shape == (20, 101)
     np.testing.assert_allclose(after[:, 0], 1.0 / ways, rtol=1e-6)  # step 0: uniform logits
     assert float(metrics["loss"]) < first["loss"] - 1.0, (first, metrics)
-    assert float(metrics["accuracy"]) > 0.7, metrics
+    # Pre-training accuracy over the last 10 batches of 32 (one batch alone is too noisy a band).
+    assert np.mean(accuracies[-10:]) > 0.7, accuracies[-10:]
     assert after[:, -1].mean() > 0.7, after.mean(0)[[1, 10, 100]]
     assert after[:, -1].mean() > before[:, -1].mean() + 0.3, (before.mean(0)[-1], after.mean(0)[-1])
 
