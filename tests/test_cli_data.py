@@ -53,6 +53,7 @@ def test_impossible_episode_is_a_clear_error_before_compiling(omniglot_root, dat
     assert not run.exists()
 
 
+@pytest.mark.slow  # long; `make test-slow` runs it
 def test_protonets_conv4_on_omniglot(omniglot_root, data_cache, tmp_path, capsys):
     run = tmp_path / "pn"
     args = ["train", "configs/omniglot_protonets.py", "num_steps=30", "log_every=10", "save_every=30",

@@ -347,6 +347,7 @@ def test_per_step_running_stats_are_those_of_the_network_after_k_steps():
     np.testing.assert_array_equal(got["bn_0"]["scale"], meta["model"]["bn_0"]["scale"])
 
 
+@pytest.mark.slow  # long; `make test-slow` runs it
 def test_test_mode_normalises_step_k_with_slice_k():
     from jmeta.algorithms import per_step_batch_stats
 

@@ -116,6 +116,7 @@ print(json.dumps({"devices": jax.device_count(), **out}))
 """
 
 
+@pytest.mark.slow  # long; `make test-slow` runs it
 def test_protonets_sharded_over_eight_devices_equals_unsharded():
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=8")

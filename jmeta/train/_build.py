@@ -17,21 +17,27 @@ from jmeta.core._inner import mse_loss
 from jmeta.core._losses import accuracy, cross_entropy_loss
 from jmeta.core._meta import MetaLearner, default_task_map
 from jmeta.core._types import Episode, PRNGKey, TaskBatch
-from jmeta.data._dataset import ClassDataset
 from jmeta.data._class_batches import class_batch_sampler
+from jmeta.data._dataset import ClassDataset
 from jmeta.data._samplers import HostSampler, device_sampler
 from jmeta.data._sinusoid import sinusoid_sampler, sinusoid_tasks
 from jmeta.inner._lstm import lstm_optimizer, meta_lstm
 from jmeta.inner._rules import from_optax, lslr, sgd
-from jmeta.models._functional import Model, with_compute_dtype
+from jmeta.models._batchnorm import estimate_batch_stats
 from jmeta.models._conv import default_conv_impl
 from jmeta.models._conv4 import conv4
-from jmeta.models._resnet12 import resnet12
-from jmeta.models._batchnorm import estimate_batch_stats
+from jmeta.models._functional import Model, with_compute_dtype
 from jmeta.models._mlp import mlp
-from jmeta.train._config import (CLASSIFICATION, METRIC, TRANSFER, Config, ConfigError,
-                                 train_shots)
-from jmeta.train._config import TEXT_TASKS
+from jmeta.models._resnet12 import resnet12
+from jmeta.train._config import (
+    CLASSIFICATION,
+    METRIC,
+    TEXT_TASKS,
+    TRANSFER,
+    Config,
+    ConfigError,
+    train_shots,
+)
 
 EVAL_CHUNK = 50  # test tasks gathered at a time (bounds memory for large episodes)
 
@@ -263,22 +269,35 @@ def build_task(cfg: Config, *, need_train: bool = True) -> Task:
         host = HostSampler(train, cfg.ways, train_shots(cfg), queries(cfg), cfg.meta_batch_size,
                            seed=cfg.seed, augment_rotations=cfg.augment_rotations)
 
+    test_tasks, train_episodes = episode_sources(cfg, train, test, lambda s: load_split(cfg, s),
+                                                 _eval_sampler)
+    return Task(cfg, model, cross_entropy_loss, accuracy, "query accuracy (%)", device, host,
+                test_tasks, train_episodes)
+
+
+def episode_sources(cfg: Config, train, test, load, sampler):
+    """The ``test_tasks(key, n, split)`` and ``train_episodes(key, n)`` generators of a Task.
+
+    ``train``/``test`` are the loaded splits (``train`` may be None), ``load(split)`` loads
+    another split, ``sampler(ds, ways, shots, queries, size)`` is a jitted episode sampler.
+    Test tasks come in chunks of at most :data:`EVAL_CHUNK`; training episodes one at a time,
+    with test-time shots and training ways and queries.
+    """
+
     def test_tasks(key, n, split):
-        ds = test if split == cfg.eval_split else load_split(cfg, split)
+        ds = test if split == cfg.eval_split else load(split)
         for i in range(math.ceil(n / EVAL_CHUNK)):
             size = min(EVAL_CHUNK, n - i * EVAL_CHUNK)
-            sample = _eval_sampler(ds, test_ways(cfg), cfg.k_shot, eval_queries(cfg), size)
+            sample = sampler(ds, test_ways(cfg), cfg.k_shot, eval_queries(cfg), size)
             yield sample(jax.random.fold_in(key, i))
 
     def train_episodes(key, n):
-        """``n`` single training episodes (test-time shots, training ways and queries)."""
-        ds = train if train is not None else load_split(cfg, "train")
-        sample = _eval_sampler(ds, cfg.ways, cfg.k_shot, queries(cfg), 1)
+        ds = train if train is not None else load("train")
+        sample = sampler(ds, cfg.ways, cfg.k_shot, queries(cfg), 1)
         for i in range(n):
             yield jax.tree.map(lambda a: a[0], sample(jax.random.fold_in(key, i)))
 
-    return Task(cfg, model, cross_entropy_loss, accuracy, "query accuracy (%)", device, host,
-                test_tasks, train_episodes)
+    return test_tasks, train_episodes
 
 
 IMAGE_FORMATS = {

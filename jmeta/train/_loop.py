@@ -33,8 +33,16 @@ from jmeta.distributed import (
     task_sharding,
 )
 from jmeta.train._build import (
-    Task, build_learner, build_optimizer, build_task, config_task_map, eval_queries, test_config,
-    test_params, test_task, base_classes,
+    Task,
+    base_classes,
+    build_learner,
+    build_optimizer,
+    build_task,
+    config_task_map,
+    eval_queries,
+    test_config,
+    test_params,
+    test_task,
 )
 from jmeta.train._checkpoint import (
     STEPS_DIR,
@@ -43,8 +51,16 @@ from jmeta.train._checkpoint import (
     restore_tree,
     save_tree,
 )
-from jmeta.train._config import METRIC, TRANSFER, WAYS_FREE, Config, ConfigError, incompatible_fields, load_config
-from jmeta.train._config import TEXT_TASKS
+from jmeta.train._config import (
+    METRIC,
+    TEXT_TASKS,
+    TRANSFER,
+    WAYS_FREE,
+    Config,
+    ConfigError,
+    incompatible_fields,
+    load_config,
+)
 from jmeta.train._eval import (
     adaptation_at,
     adaptation_curves,

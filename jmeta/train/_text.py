@@ -9,7 +9,6 @@ algorithm).
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -109,7 +108,7 @@ def text_split(cfg: Config, split: str) -> ClassDataset:
 
 def build_text_task(cfg: Config, *, need_train: bool = True):
     """The :class:`jmeta.train._build.Task` of a text config (see ``build_task``)."""
-    from jmeta.train._build import Task, eval_queries, queries, test_ways
+    from jmeta.train._build import Task, episode_sources, eval_queries, queries, test_ways
 
     train = text_split(cfg, "train") if need_train else None
     test = text_split(cfg, cfg.eval_split)
@@ -128,21 +127,8 @@ def build_text_task(cfg: Config, *, need_train: bool = True):
         host = HostSampler(train, cfg.ways, train_shots(cfg), queries(cfg), cfg.meta_batch_size,
                            seed=cfg.seed, transform=lambda ids: ids)
 
-    def test_tasks(key, n, split):
-        from jmeta.train._build import EVAL_CHUNK
-
-        ds = test if split == cfg.eval_split else text_split(cfg, split)
-        for i in range(math.ceil(n / EVAL_CHUNK)):
-            size = min(EVAL_CHUNK, n - i * EVAL_CHUNK)
-            sample = _eval_sampler(ds, test_ways(cfg), cfg.k_shot, eval_queries(cfg), size)
-            yield sample(jax.random.fold_in(key, i))
-
-    def train_episodes(key, n):
-        ds = train if train is not None else text_split(cfg, "train")
-        sample = _eval_sampler(ds, cfg.ways, cfg.k_shot, queries(cfg), 1)
-        for i in range(n):
-            yield jax.tree.map(lambda a: a[0], sample(jax.random.fold_in(key, i)))
-
+    test_tasks, train_episodes = episode_sources(cfg, train, test, lambda s: text_split(cfg, s),
+                                                 _eval_sampler)
     return Task(cfg, model, cross_entropy_loss, accuracy, "query accuracy (%)", device, host,
                 test_tasks, train_episodes)
 
