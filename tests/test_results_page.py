@@ -1,0 +1,88 @@
+"""benchmarks/results_page.py builds docs/results.md from run directories: the text and
+inner-rule sections read every number from the runs, and compare against the baselines."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def page():
+    spec = importlib.util.spec_from_file_location("_jmeta_results_page", ROOT / "benchmarks" / "results_page.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ENV = {"backend": "cpu", "device": "cpu", "num_devices": 1, "cpu": "x86_64", "cpu_count": 2,
+       "jax": "0", "python": "3.11", "commit": "abc1234"}
+
+
+def _run(root: Path, name: str, cfg: dict, results: dict, *, ways: int, shots: int, steps=0,
+         steps_per_sec=0.0, train_s=0.0):
+    d = root / name
+    d.mkdir(parents=True)
+    cfg = {"name": name, "k_shot": shots, "ways": ways, "model": "bert_lora", **cfg}
+    ev = {"name": name, "ways": ways, "k_shot": shots, "num_tasks": 600, "results": results,
+          "environment": ENV}
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "eval.json").write_text(json.dumps(ev))
+    (d / "results.json").write_text(json.dumps({
+        "steps": steps, "train_s": train_s, "steps_per_sec": steps_per_sec, "environment": ENV}))
+    rows = [{"step": steps, "loss": 1.0, "time": train_s}] if steps else []
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _acc(mean, ci):
+    return {"mean": mean, "ci95": ci, "std": 1.0, "n": 600, "nonfinite": 0}
+
+
+def test_text_and_inner_rule_sections(page, tmp_path):
+    runs = tmp_path / "runs"
+    text = {"task": "banking77", "inner_steps": 1}
+    _run(runs, "banking77_frozen-5w1s", {**text, "algorithm": "protonets"},
+         {"protonets": {"1": _acc(88.5, 0.6)}}, ways=5, shots=1)
+    # Fine-tuning is reported at its configured 5 steps, not the larger 10 it was also scored at.
+    _run(runs, "banking77_finetune-5w1s", {**text, "algorithm": "finetune", "inner_steps": 5},
+         {"finetune": {"5": _acc(89.0, 0.8), "10": _acc(99.0, 0.1)}}, ways=5, shots=1)
+    _run(runs, "banking77_protonets-5w1s", {**text, "algorithm": "protonets"},
+         {"protonets": {"1": _acc(92.0, 0.6)}}, ways=5, shots=1, steps=2000, steps_per_sec=1.0,
+         train_s=2000.0)
+    _run(runs, "banking77_maml-5w1s", {**text, "algorithm": "maml", "inner_steps": 2},
+         {"maml": {"1": _acc(80.0, 0.5), "2": _acc(89.5, 0.7)}}, ways=5, shots=1, steps=1000,
+         steps_per_sec=0.5, train_s=2000.0)
+    rules = {"task": "omniglot", "model": "conv4", "filters": 64, "hidden": [], "inner_steps": 5}
+    _run(runs, "omniglot_inner_rules-5w1s-sgd", {**rules, "name": "omniglot_inner_rules_sgd-5w1s",
+                                                 "algorithm": "maml", "inner_rule": "sgd"},
+         {"maml": {"0": _acc(20.0, 1.0), "5": _acc(90.0, 1.0)}}, ways=5, shots=1, steps=10,
+         steps_per_sec=2.0, train_s=5.0)
+    _run(runs, "omniglot_inner_rules-5w1s-meta_lstm",
+         {**rules, "name": "omniglot_inner_rules_meta_lstm-5w1s", "algorithm": "maml",
+          "inner_rule": "meta_lstm"},
+         {"maml": {"0": _acc(21.0, 1.0), "5": _acc(93.0, 1.0)}}, ways=5, shots=1, steps=10,
+         steps_per_sec=0.5, train_s=20.0)
+    out = tmp_path / "docs" / "results.md"
+    md = page.build([runs], out)
+    assert out.read_text() == md
+    text_part = md.split("## Few-shot text classification")[1].split("## Inner update rules")[0]
+    lines = {line.split(" | ")[1]: line for line in text_part.splitlines() if line.startswith("| 5-way")}
+    assert list(lines) == ["frozen encoder, nearest prototype", "fine-tuning from pretrained",
+                           "ProtoNets", "MAML (second order)"]
+    assert "**89.00 +- 0.80**" in lines["fine-tuning from pretrained"]
+    # Margins against the better baseline (fine-tuning, 89.0 +- 0.8): CI of the difference 1.0.
+    assert "+3.00 +- 1.00 (outside CI)" in lines["ProtoNets"]
+    assert "**89.50 +- 0.70**" in lines["MAML (second order)"]
+    assert "+0.50 +- 1.06 (within CI)" in lines["MAML (second order)"]
+    assert "| 2,000 (2,000) |" in lines["ProtoNets"] and "| 1.00 |" in lines["ProtoNets"]
+    rules_part = md.split("## Inner update rules")[1]
+    rows = [line for line in rules_part.splitlines() if line.startswith("| 5-way")]
+    assert [r.split(" | ")[1] for r in rows] == ["SGD (MAML)", "LSTM meta-learner (Ravi & Larochelle)"]
+    assert "**93.00 +- 1.00** | 21.00 +- 1.00" in rows[1]
+    # The comparison runs are not listed again among the paper reproductions.
+    assert "## Few-shot classification" not in md
