@@ -274,8 +274,7 @@ def load(run_dir: str | os.PathLike, *, checkpoint: str | int = "best") -> Train
         adapted.predict(["my card was stolen"])    # ['lost']
     """
     from jmeta.train._build import build_learner, image_format, model_task
-    from jmeta.train._checkpoint import restore_tree
-    from jmeta.train._loop import _checkpoint_params, _pick_checkpoint, load_run_config
+    from jmeta.train._loop import _checkpoint_params, _pick_checkpoint, load_run_config, restore_final
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
@@ -289,7 +288,7 @@ def load(run_dir: str | os.PathLike, *, checkpoint: str | int = "best") -> Train
         final = run_dir / "checkpoints" / "meta"
         if not final.exists():
             raise FileNotFoundError(f"{run_dir} has no checkpoint yet (no {final}).")
-        meta = restore_tree(final, jax.eval_shape(learner.init, jax.random.key(0)))
+        meta = restore_final(run_dir, cfg, learner)
         from jmeta.train._loop import _final_step
 
         step = _final_step(run_dir)

@@ -202,3 +202,48 @@ def test_evaluation_tests_the_best_validation_checkpoint(tmp_path):
         evaluate(run, num_tasks=20, checkpoint=7)
     with pytest.raises(ConfigError, match="cannot be tested 3-way"):
         evaluate(run, num_tasks=20, ways=3)
+
+
+def test_frozen_leaves_are_not_saved_and_come_back_from_the_initial_parameters(tmp_path):
+    """A pretrained encoder that training never changes is left out of every checkpoint and
+    read back from the freshly initialised parameters; checkpoints that do hold it (written
+    before this mode) restore the same way."""
+    from jmeta.core._types import MetaState
+    from jmeta.train._checkpoint import restore_tree, save_tree
+
+    frozen = lambda path: path.startswith("model/backbone")  # noqa: E731
+    big = jax.random.normal(jax.random.key(0), (50_000,))
+    params = {"model": {"backbone": {"w": big}, "lora": {"b": jnp.full(3, 2.0)}}, "rule": ()}
+    state = MetaState(jnp.asarray(7), params, (), jax.random.key(1))
+
+    def size(d):
+        return sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file())
+
+    full, lean = RunCheckpoints(tmp_path / "full", asynchronous=False), \
+        RunCheckpoints(tmp_path / "lean", asynchronous=False, frozen=frozen)
+    full.save(7, state)
+    lean.save(7, state)
+    assert size(tmp_path / "full") - size(tmp_path / "lean") > 150_000  # the 200 kB array, incompressible
+    fresh = MetaState(jnp.asarray(0), jax.tree.map(jnp.zeros_like, params), (), jax.random.key(2))
+    fresh.params["model"]["backbone"]["w"] = big  # what init reads from the pretrained file
+    for ckpts in (lean, RunCheckpoints(tmp_path / "full", asynchronous=False, frozen=frozen)):
+        restored, _ = ckpts.restore_latest(fresh)
+        assert int(restored.step) == 7
+        np.testing.assert_array_equal(restored.params["model"]["lora"]["b"], np.full(3, 2.0))
+        np.testing.assert_array_equal(restored.params["model"]["backbone"]["w"], big)
+    # An abstract template needs the values; without them the error comes before any
+    # checkpoint is set aside as unreadable.
+    abstract = jax.eval_shape(lambda: {"step": state.step, "params": params, "opt_state": (),
+                                       "rng": jax.random.key_data(state.rng)})
+    with pytest.raises(ValueError, match="frozen_values"):
+        lean.restore_latest(abstract)
+    assert lean.steps() == [7]
+    restored, _ = lean.restore_latest(abstract, frozen_values=lambda: fresh.params)
+    np.testing.assert_array_equal(restored.params["model"]["backbone"]["w"], big)
+
+    save_tree(tmp_path / "meta", params, frozen=frozen)
+    assert size(tmp_path / "meta") < 50_000
+    back = restore_tree(tmp_path / "meta", jax.eval_shape(lambda: params), frozen=frozen,
+                        frozen_values=fresh.params)
+    np.testing.assert_array_equal(back["model"]["backbone"]["w"], big)
+    np.testing.assert_array_equal(back["model"]["lora"]["b"], np.full(3, 2.0))

@@ -215,6 +215,15 @@ def test_short_meta_training_lowers_the_query_loss(maml_setup, trained_run):
     assert all(jax.tree.leaves(same))
 
 
+def test_checkpoints_leave_out_the_pretrained_encoder(trained_run):
+    """The 22.7M frozen encoder weights (91 MB) are in no checkpoint: the adapters, head and
+    optimizer state are; loading reads the encoder from the pretrained file again (the tests
+    below load this run)."""
+    files = [f for f in (trained_run / "checkpoints").rglob("*") if f.is_file()]
+    assert {"meta", "steps"} <= {f.relative_to(trained_run / "checkpoints").parts[0] for f in files}
+    assert sum(f.stat().st_size for f in files) < 10e6
+
+
 # ---------------------------------------------------------------------------------------------
 # A trained run adapts to a user's own texts.
 

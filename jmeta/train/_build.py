@@ -432,6 +432,17 @@ def build_schedule(cfg: Config):
     return cfg.meta_lr
 
 
+def checkpoint_frozen(cfg: Config):
+    """The parameters a run's checkpoints leave out, as a predicate on their paths (the
+    pretrained encoder of ``bert_lora``: restores read it again from the pretrained weights),
+    or ``None`` (everything is saved)."""
+    if cfg.model == "bert_lora":
+        from jmeta.train._text import trainable_path
+
+        return lambda path: not trainable_path(path)
+    return None
+
+
 def build_optimizer(cfg: Config) -> optax.GradientTransformation:
     lr = build_schedule(cfg)
     if cfg.model == "bert_lora":  # no optimizer state for the frozen encoder, no update of it

@@ -1,26 +1,83 @@
-"""Saving and restoring parameter pytrees of a run with Orbax."""
+"""Saving and restoring parameter pytrees of a run with Orbax.
+
+Leaves that a run never changes (a pretrained encoder under LoRA adapters) need not be written:
+given ``frozen``, a predicate on leaf paths (``"model/backbone/layer_0/query/kernel"``), saves
+skip those leaves and restores take them from ``frozen_values`` (the freshly initialised
+parameters, which load the same pretrained weights). A checkpoint written with them restores
+the same way, so run directories from before this saving mode still load.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
+from jmeta.core._tree import path_name
 from jmeta.core._types import PyTree
 
+Frozen = Callable[[str], bool] | None
 
-def save_tree(directory: str | Path, tree: PyTree) -> Path:
-    """Writes ``tree`` to ``directory`` (which must not exist); the write is atomic."""
+
+def strip_frozen(tree: PyTree, frozen: Frozen) -> PyTree:
+    """``tree`` with every leaf whose path ``frozen`` selects replaced by ``None``.
+
+    Example:
+      >>> strip_frozen({"backbone": {"w": 1.0}, "head": {"w": 2.0}}, lambda p: p.startswith("backbone"))
+      {'backbone': {'w': None}, 'head': {'w': 2.0}}
+    """
+    if frozen is None:
+        return tree
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: None if frozen(path_name(p)) else x, tree)
+
+
+def fill_frozen(stripped: PyTree, values: PyTree, frozen: Frozen) -> PyTree:
+    """Undoes :func:`strip_frozen`: the frozen leaves from ``values`` (a tree of the full
+    structure), every other leaf from ``stripped``.
+
+    Example:
+      >>> fill_frozen({"backbone": {"w": None}, "head": {"w": 2.0}},
+      ...             {"backbone": {"w": 1.0}, "head": {"w": 0.0}}, lambda p: p.startswith("backbone"))
+      {'backbone': {'w': 1.0}, 'head': {'w': 2.0}}
+    """
+    if frozen is None:
+        return stripped
+    kept = iter(jax.tree.leaves(stripped))
+    filled = jax.tree_util.tree_map_with_path(
+        lambda p, v: v if frozen(path_name(p)) else next(kept), values)
+    if next(kept, None) is not None:
+        raise ValueError("fill_frozen: the stripped tree has more leaves than the unfrozen part "
+                         "of values; they come from different models.")
+    return filled
+
+
+def _frozen_values(frozen_values):
+    if frozen_values is None:
+        raise ValueError("Restoring a checkpoint saved without its frozen leaves needs "
+                         "frozen_values (the initialised parameters that hold them).")
+    return frozen_values() if callable(frozen_values) else frozen_values
+
+
+def save_tree(directory: str | Path, tree: PyTree, *, frozen: Frozen = None) -> Path:
+    """Writes ``tree`` to ``directory`` (which must not exist); the write is atomic. Leaves
+    that ``frozen`` selects are not written."""
     directory = Path(directory).absolute()
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory, tree)
+        ckptr.save(directory, strip_frozen(tree, frozen))
         ckptr.wait_until_finished()
     return directory
 
 
-def restore_tree(directory: str | Path, abstract: PyTree) -> PyTree:
-    """Restores into the structure, shapes and dtypes of ``abstract`` (e.g. from ``eval_shape``)."""
+def restore_tree(directory: str | Path, abstract: PyTree, *, frozen: Frozen = None,
+                 frozen_values=None) -> PyTree:
+    """Restores into the structure, shapes and dtypes of ``abstract`` (e.g. from ``eval_shape``).
+
+    With ``frozen``, the selected leaves come from ``frozen_values`` (a tree, or a function
+    returning one, called only then) instead of the checkpoint.
+    """
     directory = Path(directory).absolute()
     if not directory.exists():
         raise FileNotFoundError(
@@ -30,16 +87,20 @@ def restore_tree(directory: str | Path, abstract: PyTree) -> PyTree:
     here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), abstract)
     with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(directory, abstract)
+        restored = ckptr.restore(directory, strip_frozen(abstract, frozen))
+    if frozen is None:
+        return restored
+    return fill_frozen(restored, _frozen_values(frozen_values), frozen)
 
 
 STEPS_DIR = "steps"
 
 
-def _saveable(state) -> dict:
-    """A MetaState as a plain dict (the typed PRNG key as its raw uint32 data)."""
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-            "rng": jax.random.key_data(state.rng)}
+def _saveable(state, frozen: Frozen = None) -> dict:
+    """A MetaState as a plain dict (the typed PRNG key as its raw uint32 data), the frozen
+    leaves of its parameters left out."""
+    return {"step": state.step, "params": strip_frozen(state.params, frozen),
+            "opt_state": state.opt_state, "rng": jax.random.key_data(state.rng)}
 
 
 def _restore_state(tree: dict):
@@ -70,9 +131,14 @@ class RunCheckpoints:
         ckpts = RunCheckpoints("runs/x/checkpoints/steps", keep=3)
         ckpts.save(100, state, val_score=0.93)
         state, meta = ckpts.restore_latest(state_like)   # (None, None) when there is none
+
+    ``frozen`` (a predicate on parameter paths) leaves those parameters out of every save;
+    restores then take them from ``frozen_values`` (see the module docstring).
     """
 
-    def __init__(self, directory: str | Path, *, keep: int = 3, asynchronous: bool = True):
+    def __init__(self, directory: str | Path, *, keep: int = 3, asynchronous: bool = True,
+                 frozen: Frozen = None):
+        self.frozen = frozen
         cm = ocp.checkpoint_managers
         policy = cm.AnyPreservationPolicy([
             cm.LatestN(keep),
@@ -129,7 +195,7 @@ class RunCheckpoints:
         metrics = {"val_score": float(val_score)} if val_score is not None else None
         self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(_saveable(state)),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(_saveable(state, self.frozen)),
                                     meta=ocp.args.JsonSave(dict(meta or {}, step=step))),
             metrics=metrics,
             force=True,
@@ -146,19 +212,28 @@ class RunCheckpoints:
         metrics = self.manager.metrics(step)
         return float(metrics["val_score"]) if metrics and "val_score" in metrics else None
 
-    def restore(self, step: int, state_like):
-        """The checkpoint of ``step`` as ``(MetaState, meta)`` (see :meth:`restore_latest`)."""
+    def restore(self, step: int, state_like, frozen_values=None):
+        """The checkpoint of ``step`` as ``(MetaState, meta)`` (see :meth:`restore_latest`).
+
+        With ``frozen``, those parameters come from ``frozen_values`` (parameters, or a function
+        returning them), by default from ``state_like`` when it is a ``MetaState`` of arrays."""
         tree = state_like if isinstance(state_like, dict) else _saveable(state_like)
+        if frozen_values is None and not isinstance(state_like, dict):
+            frozen_values = state_like.params
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
             tree,
         )
+        abstract["params"] = strip_frozen(abstract["params"], self.frozen)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                           meta=ocp.args.JsonRestore()))
-        return _restore_state(restored.state), dict(restored.meta)
+        state = dict(restored.state)
+        if self.frozen is not None:
+            state["params"] = fill_frozen(state["params"], _frozen_values(frozen_values), self.frozen)
+        return _restore_state(state), dict(restored.meta)
 
-    def restore_latest(self, state_like):
+    def restore_latest(self, state_like, frozen_values=None):
         """The newest readable checkpoint as ``(MetaState, meta)``, or ``(None, None)``.
 
         ``state_like`` gives the structure: a ``MetaState`` of arrays, or the abstract tree of
@@ -166,9 +241,11 @@ class RunCheckpoints:
         fails to restore is moved aside (renamed ``corrupt-<step>``, kept for inspection) with a
         warning, and the previous one is tried.
         """
+        if self.frozen is not None and frozen_values is None and isinstance(state_like, dict):
+            _frozen_values(None)  # a usage error, raised before any checkpoint is set aside
         for step in reversed(self.steps()):
             try:
-                return self.restore(step, state_like)
+                return self.restore(step, state_like, frozen_values)
             except Exception as err:  # noqa: BLE001 - any unreadable checkpoint falls back
                 self._quarantine(step, err)
                 self.manager.reload()

@@ -38,6 +38,7 @@ from jmeta.train._build import (
     build_learner,
     build_optimizer,
     build_task,
+    checkpoint_frozen,
     config_task_map,
     eval_queries,
     test_config,
@@ -322,13 +323,15 @@ def train(
         sampler=task.train_sampler, batch_sharding=task_sharding(mesh) if sharded else None,
         state_sharding=jax.tree.map(lambda x: x.sharding, state) if sharded else None,
     )
-    ckpts = RunCheckpoints(run_dir / "checkpoints" / STEPS_DIR, keep=cfg.keep_checkpoints)
+    frozen = checkpoint_frozen(cfg)
+    ckpts = RunCheckpoints(run_dir / "checkpoints" / STEPS_DIR, keep=cfg.keep_checkpoints,
+                           frozen=frozen)
     start_step = 0
     history = []
     if resuming:
         restored, meta = ckpts.restore_latest(abstract_state(
             lambda: init_state(learner, optimizer, _seed_key(cfg)),
-            replicated(mesh) if sharded else None))
+            replicated(mesh) if sharded else None), frozen_values=state.params)
         if restored is not None:
             state, start_step = restored, int(_local(restored.step))
             if sharded:
@@ -414,7 +417,7 @@ def train(
     if lead and final.exists():
         shutil.rmtree(final)
     _sync("final-meta")
-    save_tree(final, state.params)  # collective across processes
+    save_tree(final, state.params, frozen=frozen)  # collective across processes
 
     baseline_s = None
     multi = jax.process_count() > 1
@@ -463,7 +466,7 @@ def _untrained(cfg: Config, run_dir: Path, state: MetaState, lead: bool, task_ma
     if lead and final.exists():
         shutil.rmtree(final)
     _sync("final-meta")
-    save_tree(final, state.params)
+    save_tree(final, state.params, frozen=checkpoint_frozen(cfg))
     if not lead:
         return {"process_index": jax.process_index(), "steps": 0}
     results = {
@@ -489,8 +492,15 @@ def load_meta_params(run_dir: str | Path, cfg: Config | None = None, task: Task 
     cfg = cfg or load_run_config(run_dir)
     task = task or build_task(cfg, need_train=False)
     learner = build_learner(cfg, task)
-    abstract = jax.eval_shape(learner.init, jax.random.key(0))
-    return learner, restore_tree(Path(run_dir) / "checkpoints" / "meta", abstract)
+    return learner, restore_final(run_dir, cfg, learner)
+
+
+def restore_final(run_dir: str | Path, cfg: Config, learner):
+    """The run's final meta-parameters (``checkpoints/meta``); a frozen pretrained encoder, not
+    saved with them, is read again by ``learner.init``."""
+    key = jax.random.key(0)
+    return restore_tree(Path(run_dir) / "checkpoints" / "meta", jax.eval_shape(learner.init, key),
+                        frozen=checkpoint_frozen(cfg), frozen_values=lambda: learner.init(key))
 
 
 def _curves(task: Task, learner, params, key, n: int, max_steps: int, split: str, task_map: str,
@@ -649,10 +659,11 @@ def _pick_checkpoint(run_dir: Path, cfg: Config, checkpoint) -> tuple[int | None
 def _checkpoint_params(run_dir: Path, cfg: Config, learner, step: int):
     optimizer = build_optimizer(cfg)
     ckpts = RunCheckpoints(run_dir / "checkpoints" / STEPS_DIR, keep=cfg.keep_checkpoints,
-                           asynchronous=False)
+                           asynchronous=False, frozen=checkpoint_frozen(cfg))
     try:
         state, _ = ckpts.restore(step, abstract_state(
-            lambda: init_state(learner, optimizer, _seed_key(cfg))))
+            lambda: init_state(learner, optimizer, _seed_key(cfg))),
+            frozen_values=lambda: learner.init(jax.random.key(0)))
     finally:
         ckpts.close()
     return state.params
