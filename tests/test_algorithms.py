@@ -180,3 +180,38 @@ def test_support_labels_are_all_that_metric_heads_see(dataset):
     a = learner.predict(learner.adapt(meta, ep.support)[0], ep.query.x)
     b = learner.predict(learner.adapt(meta, Batch(ep.support.x, perm[ep.support.y]))[0], ep.query.x)
     np.testing.assert_allclose(b[:, perm], a, rtol=1e-5, atol=1e-5)
+
+
+# The inner rules of MAML (docs/inner_rules.md), each on the same real-Omniglot stream; Meta-SGD
+# learns its rates as its own algorithm.
+# The learned rules run in `make test` with small LSTMs; the rest (and the paper-size LSTMs
+# below) in `make test-slow`.
+RULES = {"sgd": {}, "lslr": {}, "metasgd": dict(algorithm="metasgd", inner_rule="default"),
+         "meta_lstm": dict(lstm_hidden=20), "lstm_optimizer": dict(lstm_hidden=20)}
+QUICK_RULES = {"meta_lstm-small": dict(inner_rule="meta_lstm", lstm_hidden=8, hidden=(8, 8)),
+               "lstm_optimizer-small": dict(inner_rule="lstm_optimizer", lstm_hidden=8, hidden=(8, 8))}
+
+
+@pytest.mark.parametrize("rule", list(QUICK_RULES) + [pytest.param(r, marks=pytest.mark.slow) for r in RULES])
+def test_50_meta_steps_with_each_inner_rule_on_real_omniglot_lower_the_query_loss(rule, omniglot_stream):
+    """Held-out query loss after 2 inner steps on 40 fixed tasks of unseen classes falls by more
+    than 3 standard errors of the per-task drop."""
+    train, held = omniglot_stream
+    changes = dict(QUICK_RULES.get(rule) or RULES[rule])
+    changes.setdefault("inner_rule", rule)
+    cfg = config(changes.pop("algorithm", "maml"), meta_batch_size=4, inner_steps=2, **changes)
+    learner, sampler = pieces(cfg, train)
+    tx = optax.adam(3e-3)
+    step = make_meta_step(learner, tx, sampler=sampler)
+    tasks = jax.jit(device_sampler(held, WAYS, SHOTS, 5, 40))(jax.random.key(7))
+
+    def held_out_losses(params):
+        return np.asarray(adaptation_curves(learner, params, tasks, 2, loss_fn=cross_entropy_loss))[:, 2]
+
+    state = init_state(learner, tx, jax.random.key(0))
+    before = held_out_losses(state.params)
+    for _ in range(50):
+        state, _ = step(state)
+    drop = before - held_out_losses(state.params)
+    stderr = drop.std(ddof=1) / np.sqrt(drop.size)
+    assert np.all(np.isfinite(drop)) and drop.mean() > 3 * stderr, (rule, before.mean(), drop.mean(), stderr)

@@ -334,18 +334,19 @@ def test_remat_changes_no_value_or_gradient(full_grad):
 
 
 def test_remat_and_truncation_bound_the_memory_of_the_inner_loop():
-    # The programs compiled by the tests above (jax caches them): backprop through STEPS steps
-    # stores every step's activations; remat keeps the carries only; truncate=2 stores the
-    # last 2 steps. docs/inner_rules.md reports the same comparison for 60 steps.
+    # Backprop through 16 steps stores what every step needs for its backward pass; remat
+    # keeps the carries only; truncate=2 stores the last 2 steps. (The LSTM cell already
+    # recomputes its gates, so remat saves less than on a rule without it.) docs/inner_rules.md
+    # reports the same comparison for 60 steps.
     def temp_bytes(truncate, remat):
-        analysis = meta_grad.lower(META, truncate, remat, STEPS).compile().memory_analysis()
+        analysis = meta_grad.lower(META, truncate, remat, 16).compile().memory_analysis()
         if analysis is None:
             pytest.skip("this backend reports no memory analysis of compiled programs")
         return analysis.temp_size_in_bytes
 
     full, remat, truncated = temp_bytes(None, False), temp_bytes(None, True), temp_bytes(2, False)
-    assert remat < full / 2, (remat, full)
-    assert truncated < 0.75 * full, (truncated, full)
+    assert remat < 0.75 * full, (remat, full)
+    assert truncated < full / 2, (truncated, full)
 
 
 def test_bad_truncate_is_a_clear_error():
@@ -374,6 +375,7 @@ def test_learned_rules_need_an_algorithm_that_trains_them(algorithm, inner_rule)
     ({"inner_steps": 3, "inner_truncate": 3}, "below inner_steps"),
     ({"inner_rule": "lstm_optimizer", "lstm_hidden": 0}, "lstm_hidden"),
     ({"inner_rule": "lstm_optimizer", "lstm_output_scale": 0.0}, "lstm_output_scale"),
+    ({"inner_rule": "meta_lstm", "inner_lr": 1.0}, r"must be in \(0, 1\)"),
 ])
 def test_bad_truncation_and_lstm_settings_are_config_errors(changes, match):
     with pytest.raises(ConfigError, match=match):
@@ -387,6 +389,10 @@ def test_configs_build_learners_with_learned_rules(inner_rule):
     meta = build_learner(cfg, build_task(cfg)).init(jax.random.key(0))
     first_layer = meta["rule"]["lstm"] if inner_rule == "meta_lstm" else meta["rule"]["layers"][0]
     assert first_layer["kernel"].shape[1] == 4 * 5
+    if inner_rule == "meta_lstm":  # the input gate (step size) starts around inner_lr
+        rate = jax.nn.sigmoid(meta["rule"]["input_gate"]["bias"])
+        lo, hi = (float(jax.nn.sigmoid(math.log(cfg.inner_lr / (1 - cfg.inner_lr)) + d)) for d in (-0.5, 0.5))
+        assert lo <= float(rate) <= hi and lo < cfg.inner_lr < hi
 
 
 # --- the documentation's example -----------------------------------------------------------------

@@ -347,7 +347,11 @@ def _rule(cfg: Config):
     if cfg.inner_rule == "adam":
         return from_optax(optax.adam(cfg.inner_lr, b1=cfg.inner_beta1))
     if cfg.inner_rule == "meta_lstm":
-        return meta_lstm(cfg.lstm_hidden)
+        # The input gate (the step size) starts near inner_lr, so that the rule starts as the SGD
+        # it is compared with: bias ~ U(logit(lr) - 0.5, logit(lr) + 0.5). At the default 0.01
+        # that is U(-5.1, -4.1), the paper's U(-5, -4).
+        centre = math.log(cfg.inner_lr / (1.0 - cfg.inner_lr))
+        return meta_lstm(cfg.lstm_hidden, input_bias=(centre - 0.5, centre + 0.5))
     if cfg.inner_rule == "lstm_optimizer":
         return lstm_optimizer(cfg.lstm_hidden, output_scale=cfg.lstm_output_scale)
     return sgd(cfg.inner_lr)

@@ -315,6 +315,9 @@ def validate(cfg: Config) -> Config:
     if cfg.inner_truncate and cfg.inner_truncate >= cfg.inner_steps:
         raise ConfigError(f"inner_truncate={cfg.inner_truncate} truncates nothing with "
                           f"inner_steps={cfg.inner_steps}: set it below inner_steps, or 0.")
+    if cfg.inner_rule == "meta_lstm" and not 0 < cfg.inner_lr < 1:
+        raise ConfigError(f"inner_rule='meta_lstm' starts its input gate (a sigmoid, the step "
+                          f"size) at inner_lr, which must be in (0, 1); got {cfg.inner_lr}.")
     if cfg.lstm_hidden < 1 or not cfg.lstm_output_scale > 0:
         raise ConfigError(f"lstm_hidden must be >= 1 and lstm_output_scale positive; got "
                           f"{cfg.lstm_hidden} and {cfg.lstm_output_scale}.")
