@@ -11,3 +11,7 @@ A value already in the environment is kept.
 import os
 
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
+
+# The jmeta command keeps compiled programs in ~/.cache/jmeta/xla; tests that run it get no such
+# shared state unless they ask for it (tests/test_checkpoints.py gives its runs their own cache).
+os.environ.setdefault("JMETA_COMPILE_CACHE", "off")

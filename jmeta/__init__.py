@@ -12,6 +12,7 @@ from jmeta import distributed as distributed
 from jmeta import inner as inner
 from jmeta import models as models
 from jmeta._api import load as load
+from jmeta._compile_cache import enable_compile_cache as enable_compile_cache
 from jmeta.core import Batch as Batch
 from jmeta.core import Episode as Episode
 from jmeta.core import MetaState as MetaState

@@ -820,6 +820,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "_info":
         print(json.dumps(machine_info(None if args.peak_n < 0 else args.peak_n)))
         return 0
+    import jax
+
+    # Compile times are measured cold: never read from (or written to) a compile cache.
+    jax.config.update("jax_enable_compilation_cache", False)
     row = run_workload(args.name, variant_spec(args.name), reps=args.reps,
                        min_rep_s=args.min_rep_s)
     print(json.dumps(row))

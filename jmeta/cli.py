@@ -1,6 +1,10 @@
 """The ``jmeta`` command: ``jmeta train CONFIG [key=value ...]``, ``jmeta eval RUN_DIR``,
 ``jmeta predict RUN_DIR --support DIR --query DIR`` (text runs: ``--support support.csv
---queries queries.csv|queries.txt``), ``jmeta data`` and ``jmeta bench [SUITE]``."""
+--queries queries.csv|queries.txt``), ``jmeta data`` and ``jmeta bench [SUITE]``.
+
+``train``, ``eval`` and ``predict`` keep compiled programs in a disk cache
+(``$JMETA_COMPILE_CACHE``, default ``~/.cache/jmeta/xla``; ``off`` turns it off), so a resumed
+run or a later evaluation of the same config does not compile again."""
 
 from __future__ import annotations
 
@@ -93,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     # Import after parsing, so `jmeta --help` and usage errors answer without loading JAX.
     from jmeta.distributed import initialize
+
+    if args.command in ("train", "eval", "predict"):
+        from jmeta._compile_cache import enable_compile_cache
+
+        enable_compile_cache()  # $JMETA_COMPILE_CACHE (default ~/.cache/jmeta/xla; 'off')
 
     if args.command == "train":
         try:

@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,8 +133,18 @@ def _cli(run, *extra):
             "--run-dir", str(run), "--no-progress", "--no-eval", *extra]
 
 
+# The command-line runs share one compile cache (every program, however quick to compile): a
+# run that resumes compiles nothing new.
+CACHE = Path(tempfile.mkdtemp(prefix="jmeta-xla-"))
+
+
 def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT))
+    return dict(os.environ, PYTHONPATH=str(ROOT), JMETA_COMPILE_CACHE=str(CACHE),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
+def _cached_programs():
+    return sorted(p.name for p in CACHE.iterdir() if not p.name.endswith("-atime"))
 
 
 def _wait_for_checkpoint(run, proc, timeout=120):
@@ -179,9 +190,12 @@ def test_sigterm_saves_and_exits_cleanly(cli_reference, tmp_path):
     assert "SIGTERM: saved step" in err
     saved = int(err.split("SIGTERM: saved step ")[1].split()[0])
     assert saved in RunCheckpoints(run / "checkpoints" / "steps").steps()
+    programs = _cached_programs()
     done = subprocess.run(_cli(run), env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     _assert_identical(cli_reference, run)
+    # The resumed process read every program from the compile cache; it compiled none anew.
+    assert programs and _cached_programs() == programs
 
 
 def test_evaluation_tests_the_best_validation_checkpoint(tmp_path):

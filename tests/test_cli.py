@@ -107,3 +107,18 @@ def test_rows_lists_every_published_row_with_its_make_target(capsys, monkeypatch
     assert any(line.startswith("reproduce-omniglot_maml-5w1s") and "98.7 +- 0.4" in line for line in out)
     assert any(line.startswith("reproduce-miniimagenet_protonets-5w5s") for line in out)
     assert main(["rows", "--configs", str(ROOT / "tests")]) == 2
+
+
+def test_compile_cache_can_be_turned_off_and_never_fails_a_run(tmp_path, monkeypatch):
+    import jax
+
+    from jmeta import enable_compile_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("JMETA_COMPILE_CACHE", "off")
+    assert enable_compile_cache() is None
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="no compile cache"):
+        assert enable_compile_cache(blocker / "xla") is None
+    assert jax.config.jax_compilation_cache_dir == before
