@@ -26,12 +26,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(JMETA) train configs/sinusoid_demo.py
 
-## make test: the test suite (long runs marked `slow` excluded).
+## make test: the test suite (long runs marked `slow` excluded), in TEST_WORKERS processes
+## (pytest-xdist; XLA compiles on one core, so two workers keep two cores busy).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow -n $(TEST_WORKERS) --dist worksteal
 
 ## Full schedules of the papers: 70,000 meta-steps, meta-batch 25, K = 5, 10, 20.
 reproduce-maml-sinusoid: $(STAMP)
