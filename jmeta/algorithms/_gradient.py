@@ -11,7 +11,7 @@ from jmeta.core._meta import MetaLearner
 from jmeta.core._tree import mask_by_path, partition, path_name
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.inner._rules import meta_sgd, sgd
-from jmeta.models._functional import Model
+from jmeta.models._functional import Model, linear_head
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 MetricFn = Callable[[jax.Array, jax.Array], dict]
@@ -43,6 +43,7 @@ def gradient_learner(
     name: str = "gradient_learner",
     unroll: bool | None = None,
     truncate: int | None = None,
+    head_features: bool = True,
 ) -> MetaLearner:
     """A learner that adapts by ``num_steps`` steps of ``rule`` and meta-learns by backprop.
 
@@ -69,6 +70,12 @@ def gradient_learner(
         initialisation gets the gradient of the adapted parameters passed through the truncated
         steps unchanged (see :func:`jmeta.core.inner_loop`). Combine with ``remat``: memory then
         grows with ``truncate``, not with ``num_steps``, and compile time with neither.
+      head_features: when ``adapt_filter`` selects exactly the linear ``head`` of a model with
+        ``features`` (ANIL on :func:`jmeta.models.conv4`, ``resnet12``, ``mlp``) and
+        ``truncate`` is ``None``, run the body once per support and query set and adapt the
+        head on those features, instead of running the whole model at every inner step. The
+        values are the same (the body's parameters do not change in the inner loop); the step
+        does fewer convolutions. ``False`` always runs the whole model.
 
     Example (BOIL-style: adapt the body, freeze the head):
       >>> import jax
@@ -109,10 +116,18 @@ def gradient_learner(
     def batch_loss(params: Params, batch: Batch) -> jax.Array:
         return loss_fn(model.apply(params, batch.x), batch.y)
 
+    on_features = (head_features and truncate is None
+                   and _adapts_linear_head_only(model, mask_of))
+
+    def head_loss(params: Params, batch: Batch) -> jax.Array:
+        return loss_fn(linear_head(params, batch.x), batch.y)
+
     def adapt(meta, support, *, num_steps=num_steps, key=None, eval_fn=None, first_order=False):
         del key
+        if on_features:  # the body's features once; the head adapts on them
+            support = Batch(model.features(meta["model"], support.x), support.y)
         return inner_loop(
-            batch_loss,
+            head_loss if on_features else batch_loss,
             rule,
             meta["model"],
             meta["rule"],
@@ -128,7 +143,13 @@ def gradient_learner(
 
     def task_loss(meta, episode: Episode, key):
         params, trace = adapt(meta, episode.support, key=key, first_order=first_order)
-        loss, metrics = query_metrics(model, loss_fn, metric_fn, params, episode.query)
+        if on_features:
+            pred = linear_head(params, model.features(meta["model"], episode.query.x))
+            loss = loss_fn(pred, episode.query.y)
+            extra = metric_fn(pred, episode.query.y) if metric_fn is not None else {}
+            metrics = dict(extra, loss=loss)
+        else:
+            loss, metrics = query_metrics(model, loss_fn, metric_fn, params, episode.query)
         return loss, dict(metrics, support_loss_before=trace["support_loss"][0])
 
     def task_grad(meta, episode: Episode, key):
@@ -143,6 +164,20 @@ def gradient_learner(
         family=model.family,
         num_steps=num_steps,
     )
+
+
+def _adapts_linear_head_only(model: Model, mask_of) -> bool:
+    """Whether the inner loop adapts exactly ``params["head"]`` of a model with ``features``
+    (decided on shapes: no compute)."""
+    if model.features is None:
+        return False
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    mask = mask_of(shapes)
+    if mask is None or not isinstance(shapes, dict) or not isinstance(shapes.get("head"), dict):
+        return False
+    head = jax.tree.leaves(mask["head"])
+    rest = jax.tree.leaves({k: v for k, v in mask.items() if k != "head"})
+    return (sorted(shapes["head"]) == ["bias", "kernel"] and all(head) and not any(rest))
 
 
 def _paths(params):
@@ -256,10 +291,15 @@ def anil(
     truncate: int | None = None,
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
+    head_features: bool = True,
 ) -> MetaLearner:
     """ANIL (Raghu et al. 2020): MAML that adapts only the head in the inner loop.
 
     ``head`` is the path prefix of the adapted parameters (``"head"`` for :func:`jmeta.models.mlp`).
+    On models with ``features`` (``mlp``, ``conv4``, ``resnet12``) the body runs once per
+    support and query set and the head adapts on its features (``head_features``, see
+    :func:`gradient_learner`): the same values as running the whole model at every inner step,
+    with fewer convolutions.
 
     Example:
       >>> import jax
@@ -282,6 +322,7 @@ def anil(
         adapt_filter=lambda path: (path + "/").startswith(prefix),
         metric_fn=metric_fn,
         name="anil",
+        head_features=head_features,
     )
 
 

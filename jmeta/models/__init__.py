@@ -2,6 +2,7 @@
 
 from jmeta.models._functional import Model as Model
 from jmeta.models._functional import from_nnx as from_nnx
+from jmeta.models._functional import linear_head as linear_head
 from jmeta.models._mlp import MLP as MLP
 from jmeta.models._mlp import mlp as mlp
 from jmeta.models._functional import with_compute_dtype as with_compute_dtype

@@ -44,12 +44,16 @@ class Conv4(nnx.Module):
         self.flat = filters * size * size
         self.head = nnx.Linear(self.flat, out_features, rngs=rngs) if out_features else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def features(self, x: jax.Array) -> jax.Array:
+        """The flattened output of the four blocks: the embedding, and the inputs of ``head``."""
         for i in range(4):
             x = jax.nn.relu(getattr(self, f"bn_{i}")(getattr(self, f"conv_{i}")(x)))
             if not self.strided:
                 x = max_pool_2x2(x)
-        x = x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], -1)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.features(x)
         return self.head(x) if self.head is not None else x
 
 

@@ -35,6 +35,13 @@ class Model(NamedTuple):
         (biased variance, float32) of one training-mode forward pass, as a nested dict with
         the paths of the ``mean``/``var`` leaves of ``params``; used by
         :func:`jmeta.models.estimate_batch_stats`.
+      features: ``None``, or ``(params, x) -> features`` for a model whose output is a linear
+        ``head`` (``params["head"]`` with ``kernel`` and ``bias``) on features of its input,
+        in the same mode as ``apply``: ``apply(params, x) == linear_head(params,
+        features(params, x))``. ANIL (:func:`jmeta.algorithms.anil`) then computes the features
+        once per set and adapts the head on them, instead of running the body at every inner
+        step. A wrapper that changes ``apply`` must change ``features`` alike or set it to
+        ``None`` (the library's wrappers do).
     """
 
     init: Callable[[PRNGKey], Params]
@@ -42,6 +49,28 @@ class Model(NamedTuple):
     family: str
     eval_apply: Callable[[Params, jax.Array], jax.Array] | None = None
     stats_apply: Callable[[Params, jax.Array], Params] | None = None
+    features: Callable[[Params, jax.Array], jax.Array] | None = None
+
+
+def linear_head(params: Params, features: jax.Array) -> jax.Array:
+    """The linear head ``params["head"]`` of a :class:`Model` with ``features`` applied to them:
+    ``features @ kernel + bias``, as ``nnx.Linear`` computes it.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jmeta.models import mlp
+      >>> model = mlp(hidden=(8,))
+      >>> params, x = model.init(jax.random.key(0)), jnp.ones((3, 1))
+      >>> bool(jnp.all(linear_head(params, model.features(params, x)) == model.apply(params, x)))
+      True
+    """
+    head = params["head"]
+    return features @ head["kernel"] + head["bias"]
+
+
+def _has_linear_head(module) -> bool:
+    return callable(getattr(type(module), "features", None)) and isinstance(
+        getattr(module, "head", None), nnx.Linear)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -144,7 +173,11 @@ def from_nnx(
     def apply(params: Params, x: jax.Array) -> jax.Array:
         return nnx.merge(graphdef, params, rest, copy=True)(x)
 
-    return Model(init=init, apply=apply, family=family)
+    def features(params: Params, x: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, params, rest, copy=True).features(x)
+
+    return Model(init=init, apply=apply, family=family,
+                 features=features if _has_linear_head(abstract) else None)
 
 
 def _from_nnx_running(make_module, abstract, family: str) -> Model:
@@ -177,6 +210,10 @@ def _from_nnx_running(make_module, abstract, family: str) -> Model:
         params = map_stats(lambda v: at_least_f32(jax.lax.stop_gradient(v)), params)
         return nnx.merge(graphdef, params, rest, copy=True)(x)
 
+    def features(params: Params, x: jax.Array) -> jax.Array:
+        params = map_stats(lambda v: at_least_f32(jax.lax.stop_gradient(v)), params)
+        return nnx.merge(graphdef, params, rest, copy=True).features(x)
+
     def eval_apply(params: Params, x: jax.Array) -> jax.Array:
         return nnx.merge(eval_def, params, rest, copy=True)(x)
 
@@ -189,7 +226,8 @@ def _from_nnx_running(make_module, abstract, family: str) -> Model:
         return jax.tree.map(lambda s: s.astype(jnp.float32), stats)
 
     return Model(init=init, apply=apply, family=family, eval_apply=eval_apply,
-                 stats_apply=stats_apply)
+                 stats_apply=stats_apply,
+                 features=features if _has_linear_head(abstract) else None)
 
 
 def with_compute_dtype(model: Model, dtype) -> Model:
@@ -222,5 +260,7 @@ def with_compute_dtype(model: Model, dtype) -> Model:
 
         return wrapped
 
+    # features are cast like apply; a learner then applies the float32 head to them, so the
+    # head's matmul runs in float32 (apply runs it in ``dtype``).
     return model._replace(apply=cast(model.apply), eval_apply=cast(model.eval_apply),
-                          stats_apply=cast(model.stats_apply))
+                          stats_apply=cast(model.stats_apply), features=cast(model.features))

@@ -45,10 +45,14 @@ class MLP(nnx.Module):
         init = _uniform_fan_in(sizes[-1])
         self.head = nnx.Linear(sizes[-1], out_features, kernel_init=init, bias_init=init, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def features(self, x: jax.Array) -> jax.Array:
+        """The inputs of the linear ``head``: the last hidden layer's activations."""
         for i in range(self.num_hidden):
             x = jax.nn.relu(getattr(self, f"hidden_{i}")(x))
-        return self.head(x)
+        return x
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.head(self.features(x))
 
 
 def mlp(in_features: int = 1, out_features: int = 1, hidden: Sequence[int] = (40, 40)) -> Model:

@@ -92,10 +92,14 @@ class ResNet12(nnx.Module):
         self.flat = widths[-1] * size * size
         self.head = nnx.Linear(self.flat, out_features, rngs=rngs) if out_features else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def features(self, x: jax.Array) -> jax.Array:
+        """The flattened output of the four blocks: the embedding, and the inputs of ``head``."""
         for i in range(4):
             x = getattr(self, f"block_{i}")(x)
-        x = x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], -1)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.features(x)
         return self.head(x) if self.head is not None else x
 
 

@@ -191,13 +191,18 @@ def flatten_inputs(model: Model) -> Model:
     def apply(params, x):
         return model.apply(params, x.reshape(x.shape[0], -1))
 
-    return model._replace(apply=apply)
+    def features(params, x):
+        return model.features(params, x.reshape(x.shape[0], -1))
+
+    return model._replace(apply=apply, features=features if model.features else None)
 
 
 def test_mode(model: Model) -> Model:
     """The model as used at test time: BatchNorm with the stored population statistics in
     ``bn_mode="running"``; the model itself otherwise."""
-    return model if model.eval_apply is None else model._replace(apply=model.eval_apply)
+    # Its features would be the training mode's: drop them (the learner runs the whole model).
+    return model if model.eval_apply is None else model._replace(apply=model.eval_apply,
+                                                                 features=None)
 
 
 @functools.lru_cache(maxsize=16)
