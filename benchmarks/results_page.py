@@ -15,9 +15,13 @@ import functools
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jmeta.train import paired_difference  # noqa: E402
 CLASSIFICATION = ("omniglot", "miniimagenet", "cifar_fs", "fc100", "tieredimagenet")
 
 # Query MSE after one inner step, mean +- 95% CI: Li et al. 2017 ("Meta-SGD"), Table 1, which
@@ -307,9 +311,18 @@ def _reported_step(cfg: dict, result: dict) -> str:
     return step if step in result else str(max(int(k) for k in result))
 
 
-def _margin(a: dict, b: dict) -> str:
-    diff, ci = a["mean"] - b["mean"], (a["ci95"] ** 2 + b["ci95"] ** 2) ** 0.5
-    verdict = "outside CI" if abs(diff) > ci else "within CI"
+def _margin(a: tuple, b: tuple) -> str:
+    """``a`` against ``b``, each ``(run, eval, step, result)`` of one text row: paired over the
+    test episodes when both evaluations kept per-episode scores of the same episodes, else the
+    difference of the means with the two CIs combined in quadrature (conservative)."""
+    (run_a, ev_a, step_a, r_a), (run_b, ev_b, step_b, r_b) = a, b
+    paired = paired_difference(ev_a, ev_b, run_a["config"]["algorithm"],
+                               run_b["config"]["algorithm"], step_a, step_b)
+    if paired is not None:
+        diff, ci, how = paired["mean"], paired["ci95"], "paired"
+    else:
+        diff, ci, how = r_a["mean"] - r_b["mean"], (r_a["ci95"] ** 2 + r_b["ci95"] ** 2) ** 0.5, ""
+    verdict = ("outside CI" if abs(diff) > ci else "within CI") + (f", {how}" if how else "")
     return f"{diff:+.2f} +- {ci:.2f} ({verdict})"
 
 
@@ -338,16 +351,18 @@ def text_section(runs: list[dict]) -> list[str]:
         "from the 17 test intents only, 15 queries per class, the checkpoint with the best",
         "validation accuracy (10 validation intents), mean +- 95% CI (normal approximation).",
         "\"vs best baseline\" is the difference to the better of the two baselines of the same row",
-        "with the CI of the difference (the two CIs combined in quadrature). Each config's",
-        "docstring gives its training settings in full.",
+        "with its 95% CI: \"paired\" when both were scored on the same test episodes and kept",
+        "each episode's score (the CI of the per-episode differences), otherwise the two CIs",
+        "combined in quadrature (wider). Each config's docstring gives its training settings in",
+        "full.",
         "",
         "| test N-way K-shot | method | what adapts | ours | vs best baseline | test tasks |"
         " test steps | meta-steps (full) | train wall time | s / meta-step | hardware | commit |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ways, shots in sorted({(w, k) for w, k, _ in rows}):
-        base = [rows[(ways, shots, m)][3] for m in BASELINES if (ways, shots, m) in rows]
-        best = max(base, key=lambda r: r["mean"]) if base else None
+        base = [rows[(ways, shots, m)] for m in BASELINES if (ways, shots, m) in rows]
+        best = max(base, key=lambda row: row[3]["mean"]) if base else None
         for method in sorted((m for w, k, m in rows if (w, k) == (ways, shots)),
                              key=lambda m: order.index(m) if m in order else len(order)):
             run, ev, step, r = rows[(ways, shots, method)]
@@ -355,7 +370,7 @@ def text_section(runs: list[dict]) -> list[str]:
             label, adapts = TEXT_METHODS.get(method, (method, "-"))
             env = res["environment"]
             hardware = (f"{env['cpu_count']}-core CPU" if env["backend"] == "cpu" else env["device"])
-            vs = "-" if method in BASELINES or best is None else _margin(r, best)
+            vs = "-" if method in BASELINES or best is None else _margin(rows[(ways, shots, method)], best)
             per_step = f"{1 / res['steps_per_sec']:.2f}" if res.get("steps_per_sec") else "-"
             full = _full_steps(_config_base(cfg), cfg['name'].rsplit('-', 1)[-1])
             lines.append(

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jmeta.train import Config, ConfigError, NonFiniteLossError, evaluate, train
+from jmeta.train import Config, ConfigError, NonFiniteLossError, evaluate, paired_difference, train
 from jmeta.train._checkpoint import RunCheckpoints
 from jmeta.train._loop import load_meta_params
 
@@ -210,6 +210,14 @@ def test_evaluation_tests_the_best_validation_checkpoint(tmp_path):
     assert same["results"] == ev["results"]
     final = evaluate(run, num_tasks=20, steps=(1,), baseline=False, checkpoint="final")
     assert final["checkpoint"] == "final" and final["checkpoint_step"] == 60
+    # Both were scored on the same 20 episodes, so they compare episode by episode.
+    assert final["episodes_sha256"] == ev["episodes_sha256"]
+    paired = paired_difference(final, ev, "maml", "maml", "1", "1")
+    diff = final["results"]["maml"]["1"]["mean"] - ev["results"]["maml"]["1"]["mean"]
+    assert paired["n"] == 20 and abs(paired["mean"] - diff) < 1e-5
+    other = evaluate(run, num_tasks=21, steps=(1,), baseline=False)
+    assert other["episodes_sha256"] != ev["episodes_sha256"]
+    assert paired_difference(other, ev, "maml", "maml", "1", "1") is None
     if best != 60:
         assert final["results"] != ev["results"]
     with pytest.raises(ConfigError, match="no checkpoint at step 7"):

@@ -55,6 +55,13 @@ def test_eval_reports_mean_and_ci_over_600_tasks(run_dir, capsys):
     # Adapting helps the meta-learned initialisation.
     assert ev["results"]["maml"]["5"]["mean"] < ev["results"]["maml"]["0"]["mean"]
     assert json.loads((run / "eval.json").read_text())["steps"] == [0, 1, 5]
+    # Each task's score is kept, and they make up the reported mean.
+    for method in ("maml", "pretrained"):
+        for s in ("0", "1", "5"):
+            scores = ev["per_task"][method][s]
+            assert len(scores) == 600
+            assert abs(sum(scores) / 600 - ev["results"][method][s]["mean"]) < 1e-5
+    assert len(ev["episodes_sha256"]) == 64
 
 
 def test_bad_key_is_a_clear_error_before_any_work(tmp_path, capsys):

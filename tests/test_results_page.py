@@ -25,12 +25,14 @@ ENV = {"backend": "cpu", "device": "cpu", "num_devices": 1, "cpu": "x86_64", "cp
 
 
 def _run(root: Path, name: str, cfg: dict, results: dict, *, ways: int, shots: int, steps=0,
-         steps_per_sec=0.0, train_s=0.0):
+         steps_per_sec=0.0, train_s=0.0, per_task=None, episodes=None):
     d = root / name
     d.mkdir(parents=True)
     cfg = {"name": name, "k_shot": shots, "ways": ways, "model": "bert_lora", **cfg}
     ev = {"name": name, "ways": ways, "k_shot": shots, "num_tasks": 600, "results": results,
           "environment": ENV}
+    if per_task is not None:
+        ev.update(per_task=per_task, episodes_sha256=episodes)
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "eval.json").write_text(json.dumps(ev))
     (d / "results.json").write_text(json.dumps({
@@ -86,3 +88,37 @@ def test_text_and_inner_rule_sections(page, tmp_path):
     assert "**93.00 +- 1.00** | 21.00 +- 1.00" in rows[1]
     # The comparison runs are not listed again among the paper reproductions.
     assert "## Few-shot classification" not in md
+
+
+def test_text_margins_are_paired_when_both_runs_kept_the_same_episodes(page, tmp_path):
+    """Per-episode scores of the same episodes give the CI of the differences, far tighter
+    than the two CIs in quadrature when the episodes' difficulty dominates the spread."""
+    rng = __import__("numpy").random.default_rng(0)
+    difficulty = rng.normal(88.0, 8.0, 600)
+    base = (difficulty + rng.normal(0.0, 1.0, 600)).tolist()
+    ours = (difficulty + 1.0 + rng.normal(0.0, 1.0, 600)).tolist()
+    text = {"task": "banking77", "inner_steps": 1}
+
+    def acc(xs):
+        import statistics
+        return _acc(statistics.mean(xs), 1.96 * statistics.stdev(xs) / len(xs) ** 0.5)
+
+    runs = tmp_path / "runs"
+    _run(runs, "banking77_frozen-5w1s", {**text, "algorithm": "protonets"},
+         {"protonets": {"1": acc(base)}}, ways=5, shots=1,
+         per_task={"protonets": {"1": base}}, episodes="e1")
+    _run(runs, "banking77_protonets-5w1s", {**text, "algorithm": "protonets"},
+         {"protonets": {"1": acc(ours)}}, ways=5, shots=1, steps=10,
+         per_task={"protonets": {"1": ours}}, episodes="e1")
+    # Another run on other episodes: no pairing, quadrature.
+    _run(runs, "banking77_reptile-5w1s", {**text, "algorithm": "reptile"},
+         {"reptile": {"1": acc(ours)}}, ways=5, shots=1, steps=10,
+         per_task={"reptile": {"1": ours}}, episodes="e2")
+    md = page.build([runs], tmp_path / "results.md")
+    lines = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| 5-way")}
+    paired = lines["ProtoNets"].split(" | ")[4]
+    assert paired.endswith("(outside CI, paired)"), paired
+    diff, ci = (float(v) for v in paired.split(" (")[0].split(" +- "))
+    assert abs(diff - 1.0) < 0.2 and ci < 0.2  # the CI of differences with sd ~1.4
+    unpaired = lines["Reptile"].split(" | ")[4]
+    assert "paired" not in unpaired and float(unpaired.split(" +- ")[1].split(" ")[0]) > 0.8

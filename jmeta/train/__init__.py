@@ -10,4 +10,5 @@ from jmeta.train._eval import train_pretrained as train_pretrained
 from jmeta.train._loop import NonFiniteLossError as NonFiniteLossError
 from jmeta.train._loop import evaluate as evaluate
 from jmeta.train._loop import format_table as format_table
+from jmeta.train._loop import paired_difference as paired_difference
 from jmeta.train._loop import train as train

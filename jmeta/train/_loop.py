@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -504,15 +505,19 @@ def restore_final(run_dir: str | Path, cfg: Config, learner):
 
 
 def _curves(task: Task, learner, params, key, n: int, max_steps: int, split: str, task_map: str,
-            lr: float | None = None, only: tuple | None = None) -> np.ndarray:
+            lr: float | None = None, only: tuple | None = None, fingerprint=None) -> np.ndarray:
     """Per-task test metric after 0..max_steps inner steps, over ``n`` tasks of ``split``.
 
     Text tasks with ``only`` (the step counts reported) evaluate the query set after those
     counts only (:func:`adaptation_at`; the other columns are NaN): through a transformer the
-    query set costs far more than an inner step on the support set."""
+    query set costs far more than an inner step on the support set. ``fingerprint``, a
+    ``hashlib`` object, is updated with every test episode's arrays."""
     metric = _metric(task)
     out = []
     for tasks in task.test_tasks(key, n, split):
+        if fingerprint is not None:
+            for leaf in jax.tree.leaves(tasks):
+                fingerprint.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
         if lr is None and only is not None and task.cfg.task in TEXT_TASKS:
             out.append(adaptation_at(learner, params, tasks, only, loss_fn=metric,
                                      task_map=task_map))
@@ -587,9 +592,11 @@ def evaluate(
     test_key = _seed_key(cfg, _TEST_STREAM)
 
     t = time.perf_counter()
+    fingerprint = hashlib.sha256()
     curves = _curves(task, learner, meta, test_key, n, max_steps, cfg.eval_split, task_map,
-                     only=steps)
+                     only=steps, fingerprint=fingerprint)
     rows = {cfg.algorithm: {str(s): mean_ci95(curves[:, s]) for s in steps}}
+    per_task = {cfg.algorithm: {str(s): _scores(curves[:, s]) for s in steps}}
     eval_s = time.perf_counter() - t
 
     tuned = None
@@ -603,6 +610,8 @@ def evaluate(
         for lr in sorted(set(tuned.values())):
             c = _curves(task, None, pre, test_key, n, max_steps, cfg.eval_split, task_map, lr=lr)
             row.update({str(s): mean_ci95(c[:, s]) for s in steps if tuned[s] == lr})
+            per_task.setdefault("pretrained", {}).update(
+                {str(s): _scores(c[:, s]) for s in steps if tuned[s] == lr})
         rows["pretrained"] = {str(s): row[str(s)] for s in steps}
 
     out = {
@@ -625,13 +634,59 @@ def evaluate(
         "train_k_shot": trained.k_shot,
         "eval_s": eval_s,
         "environment": dict(environment()),
+        # The test episodes' identity and each one's score: two runs tested on the same
+        # episodes (the same fingerprint) can be compared pairwise, episode by episode.
+        "episodes_sha256": fingerprint.hexdigest(),
+        "per_task": per_task,
     }
-    text = json.dumps(out, indent=2) + "\n"
+    text = _compact_lists(json.dumps(out, indent=2)) + "\n"
     (run_dir / EVAL_FILE).write_text(text)
     if task.classification:
         (run_dir / "evals").mkdir(exist_ok=True)
         (run_dir / "evals" / f"{cfg.ways}w{cfg.k_shot}s.json").write_text(text)
     return out
+
+
+def _scores(values: np.ndarray) -> list:
+    """Per-task scores for eval.json: 6 significant digits (NaN kept as NaN)."""
+    return [float(f"{v:.6g}") for v in np.asarray(values, np.float64)]
+
+
+def _compact_lists(text: str) -> str:
+    """JSON from ``json.dumps(..., indent=2)`` with every list of numbers on one line."""
+    import re
+
+    def one_line(match):
+        return "[" + ", ".join(v.strip() for v in match.group(1).split(",")) + "]"
+
+    return re.sub(r"\[\s*((?:-?[\d.eE+-]+|NaN|-?Infinity|null)(?:,\s*(?:-?[\d.eE+-]+|NaN|"
+                  r"-?Infinity|null))*)\s*\]", one_line, text)
+
+
+def paired_difference(a: dict, b: dict, method_a: str, method_b: str, step_a: str,
+                      step_b: str) -> dict | None:
+    """Mean and 95% CI of the per-episode difference ``a - b`` between two ``eval.json``s
+    scored on the same test episodes (equal ``episodes_sha256``), or ``None`` when they were
+    not (or one keeps no per-task scores). Pairing removes the episodes' shared difficulty
+    from the comparison, so its interval is tighter than the two CIs combined.
+
+    Example:
+      >>> a = {"episodes_sha256": "x", "per_task": {"m": {"1": [1.0, 2.0, 4.0]}}}
+      >>> b = {"episodes_sha256": "x", "per_task": {"b": {"1": [0.0, 2.0, 3.0]}}}
+      >>> r = paired_difference(a, b, "m", "b", "1", "1")
+      >>> round(r["mean"], 3), r["n"]
+      (0.667, 3)
+    """
+    if not a.get("episodes_sha256") or a.get("episodes_sha256") != b.get("episodes_sha256"):
+        return None
+    try:
+        x = np.asarray(a["per_task"][method_a][step_a], np.float64)
+        y = np.asarray(b["per_task"][method_b][step_b], np.float64)
+    except (KeyError, TypeError):
+        return None
+    if x.shape != y.shape:
+        return None
+    return mean_ci95(x - y)
 
 
 def _pick_checkpoint(run_dir: Path, cfg: Config, checkpoint) -> tuple[int | None, float | None]:
