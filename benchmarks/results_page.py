@@ -409,11 +409,12 @@ def inner_rules_section(runs: list[dict]) -> list[str]:
         "quarter turns, strided Conv-4 (64 filters, transductive BatchNorm), 5 inner steps in",
         "training and at test; test tasks from the test classes only, the checkpoint with the best",
         "validation accuracy, mean +- 95% CI. \"0 steps\" is the meta-learned initialisation",
-        "before adaptation.",
+        "before adaptation. \"vs SGD\" is the difference to SGD's row with its 95% CI, paired over",
+        "the test episodes where both runs kept per-episode scores of the same episodes.",
         "",
-        "| test N-way K-shot | inner rule | ours, 5 steps | 0 steps | test tasks |"
+        "| test N-way K-shot | inner rule | ours, 5 steps | 0 steps | vs SGD | test tasks |"
         " meta-steps (full) | train wall time | s / meta-step | hardware | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(INNER_RULES)
     entries = []
@@ -423,17 +424,26 @@ def inner_rules_section(runs: list[dict]) -> list[str]:
         for ev in run["evals"]:
             entries.append((ev["ways"], ev["k_shot"], order.index(rule) if rule in order else 99,
                             rule, run, ev))
+    def scored(run, ev):
+        result = ev["results"][run["config"]["algorithm"]]
+        step = str(max(int(k) for k in result))
+        return run, ev, step, result[step]
+
+    sgd = {(ways, shots): scored(run, ev) for ways, shots, _, rule, run, ev in entries
+           if rule == "sgd"}
     for ways, shots, _, rule, run, ev in sorted(entries, key=lambda e: e[:3]):
         cfg, res = run["config"], run["results"]
         result = ev["results"][cfg["algorithm"]]
         step = str(max(int(k) for k in result))
         before = _cell_pct(result["0"]) if "0" in result and step != "0" else "-"
+        base = sgd.get((ways, shots))
+        vs = "-" if rule == "sgd" or base is None else _margin(scored(run, ev), base)
         env = res["environment"]
         hardware = (f"{env['cpu_count']}-core CPU" if env["backend"] == "cpu" else env["device"])
         per_step = f"{1 / res['steps_per_sec']:.2f}" if res.get("steps_per_sec") else "-"
         lines.append(
             f"| {ways}-way {shots}-shot | {INNER_RULES.get(rule, rule)} | "
-            f"**{_cell_pct(result[step])}** | {before} | {ev['num_tasks']} | "
+            f"**{_cell_pct(result[step])}** | {before} | {vs} | {ev['num_tasks']} | "
             f"{res['steps']:,} ({_full_steps('omniglot_inner_rules', cfg['name'].rsplit('-', 1)[-1]) or '-'}) | "
             f"{_hours(_train_seconds(run))} | {per_step} | {hardware} | {env['commit']} |"
         )
