@@ -132,6 +132,10 @@ def map_tasks(
             out = fn(p, jax.tree.map(lambda x: x[0], b), k[0])
             return jax.tree.map(lambda x: x[None], out)
     chunked = jax.tree.map(lambda x: x.reshape((n // chunk, chunk) + x.shape[1:]), (batch, keys))
+    # Jitted, so that the shape evaluation below and the loop body share one trace of the task
+    # function (jit caches it by argument shapes): tracing a second-order meta-gradient is most
+    # of a step's trace time, and it was paid twice.
+    per_task = jax.jit(per_task)
     if reduce is None:
         out = jax.lax.map(lambda xs: per_task(params, *xs), chunked)
         return jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), out)
