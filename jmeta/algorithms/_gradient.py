@@ -169,7 +169,7 @@ def gradient_learner(
 def _adapts_linear_head_only(model: Model, mask_of) -> bool:
     """Whether the inner loop adapts exactly ``params["head"]`` of a model with ``features``
     (decided on shapes: no compute)."""
-    if model.features is None:
+    if getattr(model, "features", None) is None:  # duck-typed models may not have the field
         return False
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     mask = mask_of(shapes)
