@@ -11,8 +11,8 @@ input and forget gates, the learner's parameters as the cell state, the initial 
 meta-learned), with the gradient and loss inputs treated as constants (no second-order terms),
 as in the paper; 12 inner updates on the 5 support images (1-shot) and 5 updates on the 25
 support images (5-shot), the same at test; one episode per meta-step; Adam 1e-3; 15 queries per
-class; best checkpoint on validation classes; 1000 test tasks (the paper: 600). The paper clips
-the meta-gradient norm at 0.25; this config does not clip. Needs an accelerator.
+class; the meta-gradient's global norm clipped at 0.25, as in the paper (meta_grad_clip); best
+checkpoint on validation classes; 1000 test tasks (the paper: 600). Needs an accelerator.
 
 Rows:    jmeta train configs/miniimagenet_metalstm.py:5w1s   (5w5s)
 CPU:     jmeta train configs/miniimagenet_metalstm.py:5w1s,runlocal
@@ -35,6 +35,7 @@ def get_config(arg="5w1s"):
         task="miniimagenet",
         algorithm="maml",
         inner_rule="meta_lstm",
+        meta_grad_clip=0.25,
         lstm_hidden=20,
         model="conv4",
         filters=32,

@@ -67,6 +67,7 @@ def test_unknown_key_names_the_key_and_suggests_the_fix():
         ("eval_steps=(1,-1)", "eval_steps must list"),
         ("metasgd_init_lr=(0.1,0.01)", "low <= high"),
         ("hidden=(40,0)", "hidden must be a list of positive"),
+        ("meta_grad_clip=-1", "meta_grad_clip must be >= 0"),
         ("k_shot", "not of the form key=value"),
     ],
 )

@@ -453,11 +453,22 @@ def checkpoint_frozen(cfg: Config):
 
 
 def build_optimizer(cfg: Config) -> optax.GradientTransformation:
+    """The outer optimizer of a config: SGD or Adam on ``build_schedule``'s step sizes, after
+    clipping the meta-gradient's global norm at ``meta_grad_clip`` when it is positive.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = build_optimizer(Config(meta_optimizer="sgd", meta_lr=1.0, meta_grad_clip=0.25))
+      >>> updates, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
+      >>> updates["w"].tolist()  # the gradient's norm 5 scaled to 0.25, then the SGD step
+      [-0.15000000596046448, -0.20000000298023224]
+    """
     lr = build_schedule(cfg)
+    tx = optax.sgd(lr) if cfg.meta_optimizer == "sgd" else optax.adam(lr)
+    if cfg.meta_grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.meta_grad_clip), tx)
     if cfg.model == "bert_lora":  # no optimizer state for the frozen encoder, no update of it
         from jmeta.train._text import freeze_backbone
 
-        return freeze_backbone(optax.sgd(lr) if cfg.meta_optimizer == "sgd" else optax.adam(lr))
-    if cfg.meta_optimizer == "sgd":
-        return optax.sgd(lr)
-    return optax.adam(lr)
+        return freeze_backbone(tx)
+    return tx

@@ -146,6 +146,9 @@ class Config:
     meta_batch_size: int = 25
     meta_optimizer: str = "adam"
     meta_lr: float = 1e-3
+    # > 0: the meta-gradient is scaled down to this global norm before the outer optimizer
+    # (optax.clip_by_global_norm; Ravi & Larochelle clip at 0.25); 0: no clipping.
+    meta_grad_clip: float = 0.0
     # "constant"; "step": multiply by lr_decay_rate every lr_decay_every steps (ProtoNets);
     # "cosine": from meta_lr down to lr_min over num_steps (MAML++); "linear": likewise, linearly
     # (Reptile's outer step size).
@@ -339,6 +342,8 @@ def validate(cfg: Config) -> Config:
     for key in ("inner_lr", "meta_lr", "imaml_lam", "finetune_lr"):
         if not getattr(cfg, key) > 0:
             raise ConfigError(f"{key} must be positive; got {getattr(cfg, key)}.")
+    if not cfg.meta_grad_clip >= 0:
+        raise ConfigError(f"meta_grad_clip must be >= 0 (0: no clipping); got {cfg.meta_grad_clip}.")
     if not cfg.hidden or any(not isinstance(h, int) or h < 1 for h in cfg.hidden):
         raise ConfigError(f"hidden must be a list of positive layer widths; got {cfg.hidden!r}.")
     lo_hi = cfg.metasgd_init_lr
