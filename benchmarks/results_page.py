@@ -410,7 +410,9 @@ def inner_rules_section(runs: list[dict]) -> list[str]:
         "training and at test; test tasks from the test classes only, the checkpoint with the best",
         "validation accuracy, mean +- 95% CI. \"0 steps\" is the meta-learned initialisation",
         "before adaptation. \"vs SGD\" is the difference to SGD's row with its 95% CI, paired over",
-        "the test episodes where both runs kept per-episode scores of the same episodes.",
+        "the test episodes where both runs kept per-episode scores of the same episodes. \"train",
+        "wall time\" is the elapsed time, including any time the run waited on other jobs of the",
+        "machine; \"s / meta-step\" is the median over its logging windows.",
         "",
         "| test N-way K-shot | inner rule | ours, 5 steps | 0 steps | vs SGD | test tasks |"
         " meta-steps (full) | train wall time | s / meta-step | hardware | commit |",
