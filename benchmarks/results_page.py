@@ -370,7 +370,7 @@ def text_section(runs: list[dict]) -> list[str]:
             label, adapts = TEXT_METHODS.get(method, (method, "-"))
             env = res["environment"]
             hardware = (f"{env['cpu_count']}-core CPU" if env["backend"] == "cpu" else env["device"])
-            vs = "-" if method in BASELINES or best is None else _margin(rows[(ways, shots, method)], best)
+            vs = "-" if method in BASELINES or best is None else _margin((run, ev, step, r), best)
             per_step = f"{1 / res['steps_per_sec']:.2f}" if res.get("steps_per_sec") else "-"
             full = _full_steps(_config_base(cfg), cfg['name'].rsplit('-', 1)[-1])
             lines.append(
@@ -435,11 +435,11 @@ def inner_rules_section(runs: list[dict]) -> list[str]:
            if rule == "sgd"}
     for ways, shots, _, rule, run, ev in sorted(entries, key=lambda e: e[:3]):
         cfg, res = run["config"], run["results"]
-        result = ev["results"][cfg["algorithm"]]
-        step = str(max(int(k) for k in result))
+        row = scored(run, ev)
+        result, step = ev["results"][cfg["algorithm"]], row[2]
         before = _cell_pct(result["0"]) if "0" in result and step != "0" else "-"
         base = sgd.get((ways, shots))
-        vs = "-" if rule == "sgd" or base is None else _margin(scored(run, ev), base)
+        vs = "-" if rule == "sgd" or base is None else _margin(row, base)
         env = res["environment"]
         hardware = (f"{env['cpu_count']}-core CPU" if env["backend"] == "cpu" else env["device"])
         per_step = f"{1 / res['steps_per_sec']:.2f}" if res.get("steps_per_sec") else "-"

@@ -19,9 +19,12 @@ MetricFn = Callable[[jax.Array, jax.Array], dict]
 
 def query_metrics(model: Model, loss_fn: LossFn, metric_fn: MetricFn | None, params, query: Batch):
     """Query loss and metrics of adapted parameters, from one forward pass."""
-    pred = model.apply(params, query.x)
-    loss = loss_fn(pred, query.y)
-    extra = metric_fn(pred, query.y) if metric_fn is not None else {}
+    return _prediction_metrics(model.apply(params, query.x), query.y, loss_fn, metric_fn)
+
+
+def _prediction_metrics(pred, y, loss_fn: LossFn, metric_fn: MetricFn | None):
+    loss = loss_fn(pred, y)
+    extra = metric_fn(pred, y) if metric_fn is not None else {}
     return loss, dict(extra, loss=loss)
 
 
@@ -116,7 +119,7 @@ def gradient_learner(
     def batch_loss(params: Params, batch: Batch) -> jax.Array:
         return loss_fn(model.apply(params, batch.x), batch.y)
 
-    on_features = (head_features and truncate is None
+    on_features = (head_features and truncate is None and adapt_filter is not None
                    and _adapts_linear_head_only(model, mask_of))
 
     def head_loss(params: Params, batch: Batch) -> jax.Array:
@@ -145,11 +148,9 @@ def gradient_learner(
         params, trace = adapt(meta, episode.support, key=key, first_order=first_order)
         if on_features:
             pred = linear_head(params, model.features(meta["model"], episode.query.x))
-            loss = loss_fn(pred, episode.query.y)
-            extra = metric_fn(pred, episode.query.y) if metric_fn is not None else {}
-            metrics = dict(extra, loss=loss)
         else:
-            loss, metrics = query_metrics(model, loss_fn, metric_fn, params, episode.query)
+            pred = model.apply(params, episode.query.x)
+        loss, metrics = _prediction_metrics(pred, episode.query.y, loss_fn, metric_fn)
         return loss, dict(metrics, support_loss_before=trace["support_loss"][0])
 
     def task_grad(meta, episode: Episode, key):

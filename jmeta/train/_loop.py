@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -654,7 +655,6 @@ def _scores(values: np.ndarray) -> list:
 
 def _compact_lists(text: str) -> str:
     """JSON from ``json.dumps(..., indent=2)`` with every list of numbers on one line."""
-    import re
 
     def one_line(match):
         return "[" + ", ".join(v.strip() for v in match.group(1).split(",")) + "]"
