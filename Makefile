@@ -82,7 +82,7 @@ compare-inner-rules: $(STAMP)
 ## Each row trains into runs/reproduce/<config>-<row>, then meta-tests 600 test episodes, e.g.
 ## make reproduce-banking77_maml-5w1s; `make reproduce-banking77` runs every row (baselines
 ## first). RUNLOCAL=1 shrinks each row to a few CPU minutes.
-BANKING77_METHODS := frozen finetune protonets fomaml maml reptile
+BANKING77_METHODS := frozen finetune protonets fomaml maml reptile protomaml
 BANKING77_ROWS := $(foreach m,$(BANKING77_METHODS),$(foreach r,5w1s 5w5s,reproduce-banking77_$(m)-$(r)))
 
 .PHONY: reproduce-banking77

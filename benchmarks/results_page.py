@@ -295,6 +295,7 @@ TEXT_METHODS = {
     "maml": ("MAML (second order)", "LoRA + head, meta-learned init"),
     "fomaml": ("first-order MAML", "LoRA + head, meta-learned init"),
     "reptile": ("Reptile", "LoRA + head, meta-learned init"),
+    "protomaml": ("Proto-MAML", "LoRA (meta-learned init) + head from the prototypes"),
 }
 BASELINES = ("frozen", "finetune")
 

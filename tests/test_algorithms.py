@@ -34,7 +34,7 @@ SETTINGS = {
     "imaml": dict(inner_lr=0.1, inner_steps=5, cg_steps=3, imaml_lam=0.5),
     # Reptile as in its paper: minibatch inner steps on more training shots than test shots.
     "reptile": dict(inner_steps=3, meta_optimizer="sgd", meta_lr=0.5, train_shots=2, inner_batch=5),
-    "protonets": {}, "matching": {}, "matching_fce": {}, "r2d2": {},
+    "protonets": {}, "matching": {}, "matching_fce": {}, "r2d2": {}, "protomaml": {},
     "baseline": dict(finetune_steps=10), "baseline++": dict(finetune_steps=10),
 }
 

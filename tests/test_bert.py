@@ -18,7 +18,8 @@ pytest.importorskip("tokenizers", reason="the BERT tests need tokenizers (pip in
 from safetensors.numpy import load_file, save_file
 
 from jmeta.core import mask_by_path
-from jmeta.models import BertConfig, bert_lora, default_bert_path, load_bert, lora_filter, tokenize
+from jmeta.models import (BertConfig, bert_lora, default_bert_path, linear_head, load_bert,
+                          lora_filter, tokenize)
 
 MAX_LENGTH = 16
 TEXTS = [
@@ -247,6 +248,22 @@ def test_tiny_checkpoint_loads_and_matches_reference(tmp_path):
     ids = np.array([[3, 5, 7, 9, 0, 0], [4, 4, 0, 0, 0, 0]], np.int32)
     ours = np.asarray(model.apply(model.init(jax.random.key(0)), ids))
     np.testing.assert_allclose(ours, numpy_sentence_embeddings(folder, ids), atol=1e-5)
+
+
+def test_classifier_features_are_the_embeddings_its_head_reads(tmp_path):
+    folder = _tiny_checkpoint(tmp_path)
+    ids = np.array([[3, 5, 7, 9, 0, 0], [4, 4, 0, 0, 0, 0]], np.int32)
+    classifier = bert_lora(folder, num_classes=3, rank=2, max_length=6)
+    params = classifier.init(jax.random.key(0))
+    params["lora"] = jax.tree.map(lambda b: b + 0.1, params["lora"])  # adapters that do something
+    params["head"]["bias"] = params["head"]["bias"] + 0.5
+    features = classifier.features(params, ids)
+    embedder = bert_lora(folder, rank=2, max_length=6)
+    np.testing.assert_allclose(features, embedder.apply(
+        {k: v for k, v in params.items() if k != "head"}, ids), rtol=1e-6)
+    np.testing.assert_allclose(linear_head(params, features), classifier.apply(params, ids),
+                               rtol=1e-5, atol=1e-6)
+    assert embedder.features is None  # no head: the embeddings are the output
 
 
 def test_shape_mismatch_is_a_clear_error(tmp_path):

@@ -91,6 +91,12 @@ def test_incompatible_combinations():
            inner_batch=10).replace()
     with pytest.raises(ConfigError, match=r"inner_beta1 must be in \[0, 1\)"):
         Config(inner_beta1=1.0).replace()
+    with pytest.raises(ConfigError, match="protomaml builds a classifier .* sinusoid is regression"):
+        Config(algorithm="protomaml").replace()
+    with pytest.raises(ConfigError, match="protomaml builds each task's head from training-mode"):
+        Config(task="omniglot", model="conv4", algorithm="protomaml", bn_mode="running").replace()
+    with pytest.raises(ConfigError, match="proto_scale must be positive"):
+        Config(task="omniglot", algorithm="protomaml", proto_scale=0.0).replace()
 
 
 def test_missing_file_and_missing_get_config(tmp_path):

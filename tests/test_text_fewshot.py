@@ -11,6 +11,7 @@ import pytest
 
 import jmeta
 from jmeta.cli import main
+from jmeta.algorithms._protonets import prototypes_of
 from jmeta.core import cross_entropy_loss
 from jmeta.data import (
     BANKING77_SPLIT_DIR,
@@ -176,6 +177,29 @@ def test_outer_optimizer_keeps_no_state_for_the_backbone(maml_setup):
                     jax.tree_util.tree_flatten_with_path(meta)[0]
                     if "backbone" not in jax.tree_util.keystr(k))
     assert sizes < 2 * trainable + 100  # Adam's two moments of the adapters and head, no more
+
+
+def test_protomaml_starts_each_task_at_the_prototype_classifier(make_cfg, maml_setup):
+    """Adapted for 0 steps, Proto-MAML over the adapters is ProtoNets on the same encoder: its
+    softmax is that of -scale * squared distance to the class means of the embeddings."""
+    _, task, _, episodes = maml_setup
+    cfg = make_cfg(algorithm="protomaml", proto_scale=5.0)
+    learner = build_learner(cfg, task)
+    embedder = build_task(make_cfg(algorithm="protonets"), need_train=False).model
+    meta = learner.init(jax.random.key(0))
+    ep = jax.tree.map(lambda a: a[0], episodes)
+
+    @jax.jit
+    def both(meta):
+        params, _ = learner.adapt(meta, ep.support, num_steps=0)
+        body = {k: v for k, v in meta["model"].items() if k != "head"}
+        c = prototypes_of(embedder.apply(body, ep.support.x), ep.support.y, cfg.ways)
+        f = embedder.apply(body, ep.query.x)
+        return (jax.nn.softmax(learner.predict(params, ep.query.x)),
+                jax.nn.softmax(-5.0 * jnp.sum((f[:, None] - c[None]) ** 2, -1)))
+
+    ours, reference = both(meta)
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
 
 
 TRAIN_STEPS = 8

@@ -47,6 +47,7 @@ def gradient_learner(
     unroll: bool | None = None,
     truncate: int | None = None,
     head_features: bool = True,
+    head_init: Callable[[jax.Array, jax.Array], Params] | None = None,
 ) -> MetaLearner:
     """A learner that adapts by ``num_steps`` steps of ``rule`` and meta-learns by backprop.
 
@@ -79,6 +80,11 @@ def gradient_learner(
         head on those features, instead of running the whole model at every inner step. The
         values are the same (the body's parameters do not change in the inner loop); the step
         does fewer convolutions. ``False`` always runs the whole model.
+      head_init: ``None``, or ``(support_features, support_labels) -> head`` for a model with
+        ``features``: each task's inner loop starts from ``head_init``'s linear head (``kernel``
+        and ``bias``), computed from the support set's features under the meta-parameters,
+        instead of the meta-learned one (Proto-MAML, :func:`jmeta.algorithms.protomaml`). The
+        meta-gradient flows through it into the body; the meta-learned head gets none.
 
     Example (BOIL-style: adapt the body, freeze the head):
       >>> import jax
@@ -100,6 +106,11 @@ def gradient_learner(
         )
     if not isinstance(rule, InnerRule):
         raise ValueError(f"{name}: rule must be a jmeta.inner InnerRule; got {rule!r}.")  # noqa: TRY004
+    if head_init is not None and getattr(model, "features", None) is None:
+        raise ValueError(
+            f"{name}: head_init needs a model with features (a linear head on features of the "
+            "input: jmeta.models.mlp, conv4, resnet12, bert_lora with num_classes, or from_nnx "
+            "of a module with a features method and an nnx.Linear head); this model has none.")
 
     def mask_of(params):
         return None if adapt_filter is None else mask_by_path(params, adapt_filter)
@@ -127,12 +138,16 @@ def gradient_learner(
 
     def adapt(meta, support, *, num_steps=num_steps, key=None, eval_fn=None, first_order=False):
         del key
+        params = meta["model"]
         if on_features:  # the body's features once; the head adapts on them
-            support = Batch(model.features(meta["model"], support.x), support.y)
+            support = Batch(model.features(params, support.x), support.y)
+        if head_init is not None:
+            feats = support.x if on_features else model.features(params, support.x)
+            params = {**params, "head": head_init(feats, support.y)}
         return inner_loop(
             head_loss if on_features else batch_loss,
             rule,
-            meta["model"],
+            params,
             meta["rule"],
             support,
             num_steps,

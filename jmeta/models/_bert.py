@@ -268,10 +268,14 @@ class BertLoRA(nnx.Module):
         self.head = nnx.Linear(cfg.hidden_size, num_classes, rngs=rngs) if num_classes else None
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        ids = ids.astype(jnp.int32)
-        features = self.backbone(ids, self.lora)
-        out = pool(features, ids != self.pad_token_id, self.pooling, self.normalize)
+        out = self.features(ids)
         return self.head(out) if self.head is not None else out
+
+    def features(self, ids: jax.Array) -> jax.Array:
+        """The pooled sentence embeddings ``[..., hidden]`` the head reads."""
+        ids = ids.astype(jnp.int32)
+        tokens = self.backbone(ids, self.lora)
+        return pool(tokens, ids != self.pad_token_id, self.pooling, self.normalize)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,7 +492,9 @@ def bert_lora(
     adapters and the head from ``key``. ``apply`` wraps the backbone in
     ``jax.lax.stop_gradient``, so its gradient is exactly zero and never computed. Adapt only
     the adapters and the head: ``gradient_learner(..., adapt_filter=lora_filter)``; keep the
-    outer optimizer off the backbone too (``docs/text.md``).
+    outer optimizer off the backbone too (``docs/text.md``). With a head, ``features`` gives the
+    pooled embeddings it reads (ANIL adapts the head on them; Proto-MAML initialises it from
+    their class means).
 
     Args:
       path: checkpoint folder (``config.json``, ``model.safetensors``); None: all-MiniLM-L6-v2
@@ -549,11 +555,18 @@ def bert_lora(
             params["head"] = nnx.to_pure_dict(nnx.state(head, nnx.Param))
         return params
 
-    def apply(params: Params, x: jax.Array) -> jax.Array:
+    def merged(params: Params, x: jax.Array) -> BertLoRA:
         if x.shape[-1] > max_length:
             raise ValueError(f"bert_lora: inputs of {x.shape[-1]} tokens exceed "
                              f"max_length={max_length}; tokenize with that max_length.")
         params = {**params, "backbone": jax.lax.stop_gradient(params["backbone"])}
-        return nnx.merge(graphdef, params, copy=True)(x)
+        return nnx.merge(graphdef, params, copy=True)
 
-    return Model(init=init, apply=apply, family="dense")
+    def apply(params: Params, x: jax.Array) -> jax.Array:
+        return merged(params, x)(x)
+
+    def features(params: Params, x: jax.Array) -> jax.Array:
+        return merged(params, x).features(x)
+
+    return Model(init=init, apply=apply, family="dense",
+                 features=features if num_classes else None)

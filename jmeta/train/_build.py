@@ -420,6 +420,11 @@ def build_learner(cfg: Config, task: Task) -> MetaLearner:
             model, num_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
             msl_anneal_steps=cfg.msl_anneal_steps, first_order_until=cfg.first_order_until,
             per_step_bn=cfg.per_step_bn and cfg.model != "mlp", **common)
+    if cfg.algorithm == "protomaml":
+        return algorithms.protomaml(model, cfg.inner_lr, cfg.inner_steps, ways=cfg.ways,
+                                    scale=cfg.proto_scale, first_order=cfg.first_order,
+                                    rule=_rule(cfg), truncate=cfg.inner_truncate or None,
+                                    **common)
     factory = {"maml": algorithms.maml, "fomaml": algorithms.fomaml, "anil": algorithms.anil,
                "boil": algorithms.boil}[cfg.algorithm]
     kwargs = dict(rule=_rule(cfg), truncate=cfg.inner_truncate or None, **common)

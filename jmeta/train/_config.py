@@ -17,6 +17,7 @@ from jmeta.models._conv import CONV_IMPLS
 ALGORITHMS = (
     "maml", "fomaml", "metasgd", "anil", "boil", "mamlpp", "cavia", "imaml", "reptile",
     "protonets", "matching", "matching_fce", "r2d2", "baseline", "baseline++", "finetune",
+    "protomaml",
 )
 METRIC = ("protonets", "matching", "matching_fce", "r2d2")
 """Metric-based learners: a closed-form classifier on a meta-learned embedding (no inner steps)."""
@@ -27,13 +28,15 @@ BN_MODES = ("transductive", "running")
 INNER_RULES = ("default", "sgd", "lslr", "adam", "meta_lstm", "lstm_optimizer")
 LEARNED_RULES = ("meta_lstm", "lstm_optimizer")
 """Recurrent learned inner rules (jmeta.inner.meta_lstm, lstm_optimizer), trained by backprop."""
-RULE_LEARNERS = ("maml", "fomaml", "anil", "boil")
+RULE_LEARNERS = ("maml", "fomaml", "anil", "boil", "protomaml")
 """Algorithms that take any inner rule (``inner_rule``) and meta-train its learnable pieces."""
-TRUNCATABLE = ("maml", "fomaml", "metasgd", "anil", "boil")
+TRUNCATABLE = ("maml", "fomaml", "metasgd", "anil", "boil", "protomaml")
 """Algorithms whose meta-gradient backpropagates through the inner loop (``inner_truncate``)."""
 TEXT_TASKS = ("banking77", "text")
 """Few-shot text classification (model="bert_lora"): BANKING77, or your own file (text_file)."""
-TEXT_ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonets", "finetune")
+TEXT_ALGORITHMS = (
+    "maml", "fomaml", "anil", "metasgd", "reptile", "protonets", "finetune", "protomaml",
+)
 """Algorithms available for model="bert_lora" (gradient-based ones adapt the LoRA adapters and the
 head only; "finetune" fine-tunes them from the pretrained weights without meta-training)."""
 CLASSIFICATION = ("omniglot", "miniimagenet", "cifar_fs", "fc100", "tieredimagenet") + TEXT_TASKS
@@ -86,6 +89,8 @@ class Config:
     bn_mode: str = "transductive"
     bn_batches: int = 20
     distance: str = "sqeuclidean"  # protonets: "sqeuclidean" or "cosine"
+    # protomaml: the head each task starts from is scale * -|f - c_k|^2 (prototypes c_k).
+    proto_scale: float = 1.0
     # Few-shot datasets (classification tasks).
     data_dir: str = ""  # source archives: "" = $JMETA_DATA_DIR or ~/.cache/jmeta/data
     cache_dir: str = ""  # converted arrays: "" = $JMETA_CACHE_DIR or ~/.cache/jmeta/cache
@@ -264,6 +269,11 @@ def validate(cfg: Config) -> Config:
     if cfg.bn_mode == "running" and cfg.algorithm == "mamlpp" and not cfg.per_step_bn:
         raise ConfigError("mamlpp with bn_mode='running' keeps per-step statistics: set "
                           "per_step_bn=True (or use bn_mode='transductive').")
+    if cfg.bn_mode == "running" and cfg.algorithm == "protomaml":
+        raise ConfigError("protomaml builds each task's head from training-mode features, which "
+                          "bn_mode='running' does not have at test: use bn_mode='transductive'.")
+    if not cfg.proto_scale > 0:
+        raise ConfigError(f"proto_scale must be positive; got {cfg.proto_scale!r}.")
     if cfg.bn_mode == "running" and cfg.model == "mlp":
         raise ConfigError("bn_mode='running' needs a model with BatchNorm (conv4 or resnet12).")
     if cfg.model == "resnet12" and cfg.algorithm in ("cavia",):
@@ -274,6 +284,9 @@ def validate(cfg: Config) -> Config:
     no_regression = METRIC + TRANSFER
     if cfg.task == "sinusoid" and (cfg.model != "mlp" or cfg.algorithm in no_regression):
         raise ConfigError("sinusoid regression uses model='mlp' and a gradient-based algorithm.")
+    if cfg.task == "sinusoid" and cfg.algorithm == "protomaml":
+        raise ConfigError("protomaml builds a classifier from class prototypes; sinusoid is "
+                          "regression: use maml, fomaml, metasgd, anil, boil or reptile.")
     if cfg.algorithm in no_regression and cfg.inner_rule != "default":
         raise ConfigError(f"{cfg.algorithm} has no inner update rule: leave inner_rule='default'.")
     if cfg.algorithm in ("cavia", "imaml", "mamlpp") and cfg.inner_rule not in ("default", "sgd"):

@@ -187,6 +187,11 @@ def text_learner(cfg: Config, task) -> MetaLearner:
     else:
         rule = _rule(cfg)
     adapt_filter = (lambda p: p.startswith("head/")) if cfg.algorithm == "anil" else lora_filter
+    if cfg.algorithm == "protomaml":  # the head starts each task at the support's prototypes
+        return algorithms.protomaml(
+            model, cfg.inner_lr, cfg.inner_steps, ways=cfg.ways, scale=cfg.proto_scale,
+            first_order=cfg.first_order, remat=cfg.remat, adapt_filter=adapt_filter,
+            truncate=cfg.inner_truncate or None, rule=rule, **common)
     learner = algorithms.gradient_learner(
         model, rule, cfg.inner_steps, first_order=cfg.first_order or cfg.algorithm == "fomaml",
         remat=cfg.remat, adapt_filter=adapt_filter, truncate=cfg.inner_truncate or None,
