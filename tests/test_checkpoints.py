@@ -66,6 +66,39 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(reference, tmp_path):
     assert steps == [10, 20, 30, 40, 50, 60]  # rows logged after step 40 were replaced, not doubled
 
 
+def test_sigterm_between_saves_saves_at_once_and_resumes_exactly(reference, tmp_path, monkeypatch):
+    """A SIGTERM at step 47 (saves every 20) checkpoints step 47 without validating it (validation
+    can outlast a scheduler's grace period); the resumed run equals the uninterrupted one, and
+    the best checkpoint is chosen among the validated steps."""
+    import jmeta.train._loop as loop
+
+    validated = []
+    score = loop.validation_score
+    monkeypatch.setattr(loop, "validation_score",
+                        lambda *a, **k: validated.append(1) or score(*a, **k))
+
+    def sigterm_at_47(step, state):
+        if step == 47:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return state
+
+    run = tmp_path / "run"
+    results = train(Config(**BASE), run, progress=False, step_hook=sigterm_at_47)
+    assert results["preempted"] and results["step"] == 47
+    assert len(validated) == 2  # steps 20 and 40, not 47
+    ckpts = RunCheckpoints(run / "checkpoints" / "steps")
+    assert ckpts.steps() == [20, 40, 47] and ckpts.val_score(47) is None
+    assert ckpts.val_score(40) is not None
+    ckpts.close()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 47 and "val_score" not in rows[-1]
+    train(Config(**BASE), run, progress=False)
+    _assert_identical(reference, run)
+    ckpts = RunCheckpoints(run / "checkpoints" / "steps")
+    assert ckpts.best_step() in (20, 40, 60)
+    ckpts.close()
+
+
 def test_newest_checkpoint_corrupt_falls_back_with_a_warning(reference, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(Crash):

@@ -269,7 +269,9 @@ def train(
     On a directory that already holds a run, it resumes from the newest readable checkpoint and
     continues exactly as if it had never stopped (same episodes, RNG and optimizer state); a
     config that differs in a field that changes the trajectory is a :class:`ConfigError` naming
-    the fields. SIGTERM saves a checkpoint and returns with ``results["preempted"] = True``. A
+    the fields. SIGTERM saves a checkpoint at once and returns with ``results["preempted"] = True``
+    (the checkpoint is validated only if its step was due a save: validation can outlast a
+    scheduler's grace period; the best checkpoint is chosen among validated steps). A
     non-finite loss raises :class:`NonFiniteLossError` and leaves the last good checkpoint.
     ``step_hook(step, state) -> state`` (optional) sees the state after every step.
 
@@ -352,8 +354,11 @@ def train(
     compiled = step_fn.lower(state, *args).compile()
     compile_s = time.perf_counter() - t0
 
-    def save(step, state, window):
+    def save(step, state, window, validate=True):
         _check_finite(window, step)  # never checkpoint a non-finite state
+        if not validate:  # a SIGTERM between scheduled saves: keep the work, score nothing
+            ckpts.save(step, state, meta={"resumed_from": history})
+            return state, None
         params = test_params(task, jax.tree.map(_local, state.params), _seed_key(cfg, _BN_STREAM))
         score = validation_score(task, val_learner, params, cfg, task_map)
         if cfg.bn_mode == "running" and not sharded:
@@ -385,12 +390,15 @@ def train(
                 # Read the SIGTERM flag once per step: a signal landing between two reads would
                 # otherwise stop the run after a step that was never saved.
                 stop = preemption.requested
-                saving = step % cfg.save_every == 0 or last or stop
+                scheduled = step % cfg.save_every == 0 or last
+                # A SIGTERM saves at once; it validates only a step that was due a save anyway
+                # (validation can take minutes, more than a scheduler's grace period).
+                saving = scheduled or stop
                 if saving:
-                    state, row_score = save(step, state, window)
+                    state, row_score = save(step, state, window, validate=scheduled)
                 if step % cfg.log_every == 0 or last or stop:
                     row = _log_row(window, step, window_start, start)
-                    if saving:
+                    if saving and row_score is not None:
                         row["val_score"] = row_score
                     log.write(json.dumps(row) + "\n")
                     log.flush()
