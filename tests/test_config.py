@@ -97,6 +97,12 @@ def test_incompatible_combinations():
         Config(task="omniglot", model="conv4", algorithm="protomaml", bn_mode="running").replace()
     with pytest.raises(ConfigError, match="proto_scale must be positive"):
         Config(task="omniglot", algorithm="protomaml", proto_scale=0.0).replace()
+    with pytest.raises(ConfigError, match="body_inner_lr must be >= 0"):
+        Config(body_inner_lr=-0.1).replace()
+    for bad in (dict(algorithm="anil"), dict(algorithm="metasgd"),
+                dict(algorithm="maml", inner_rule="lslr")):
+        with pytest.raises(ConfigError, match="body_inner_lr sets a fixed SGD step size"):
+            Config(body_inner_lr=0.1, **bad).replace()
 
 
 def test_missing_file_and_missing_get_config(tmp_path):

@@ -17,6 +17,28 @@ def test_sgd_is_minus_lr_times_grad():
     np.testing.assert_allclose(updates["b"], -0.1 * np.arange(3.0))
 
 
+def test_sgd_path_lr_sets_a_step_size_per_parameter_path():
+    params = {"head": {"kernel": jnp.ones(2)}, "body": {"w": jnp.ones(2), "frozen": None}}
+    grads = {"head": {"kernel": jnp.full(2, 2.0)}, "body": {"w": jnp.full(2, 3.0), "frozen": None}}
+    seen = []
+
+    def rate(path):
+        seen.append(path)
+        return None if path.startswith("head/") else 0.01
+
+    updates, _ = sgd(0.5, path_lr=rate).update(grads, (), params, ())
+    np.testing.assert_allclose(updates["head"]["kernel"], -1.0)  # None keeps lr
+    np.testing.assert_allclose(updates["body"]["w"], -0.03)
+    assert updates["body"]["frozen"] is None and sorted(seen) == ["body/w", "head/kernel"]
+
+
+def test_sgd_path_lr_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="path_lr must be a function"):
+        sgd(0.1, path_lr=0.01)
+    with pytest.raises(ValueError, match="path_lr of 'a'.*positive"):
+        sgd(0.1, path_lr=lambda p: -1.0).update(GRADS, (), PARAMS, ())
+
+
 def test_meta_sgd_rates_have_param_shapes_and_range():
     rates = meta_sgd((0.005, 0.1)).init_meta(jax.random.key(0), PARAMS)
     assert jax.tree.map(jnp.shape, rates) == jax.tree.map(jnp.shape, PARAMS)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jmeta.core._inner import InnerRule
+from jmeta.core._tree import path_name
 
 
 def _check_lr(name: str, lr) -> None:
@@ -22,8 +23,15 @@ def _check_lr(name: str, lr) -> None:
         raise ValueError(f"{name}: the range (low, high) needs low <= high; got {lr!r}.")
 
 
-def sgd(lr: float) -> InnerRule:
+def sgd(lr: float, *, path_lr: Callable[[str], float | None] | None = None) -> InnerRule:
     """Plain gradient descent with a fixed step size (MAML's inner rule); nothing is learned.
+
+    Args:
+      lr: the step size.
+      path_lr: optional ``path -> step size or None``: a fixed step size per parameter, by its
+        path (``"head/kernel"``, ``"lora/layer_0/query/a"``, as :func:`jmeta.core.mask_by_path`
+        names them); ``None`` keeps ``lr``. E.g. LoRA adapters of a pretrained encoder take much
+        smaller steps than a classifier head that starts at zero.
 
     Example:
       >>> import jax.numpy as jnp
@@ -31,12 +39,29 @@ def sgd(lr: float) -> InnerRule:
       >>> updates, _ = rule.update({"w": jnp.ones(2)}, rule.init(None), None, ())
       >>> updates["w"]
       Array([-0.1, -0.1], dtype=float32)
+      >>> rule = sgd(8.0, path_lr=lambda p: None if p.startswith("head/") else 0.5)
+      >>> updates, _ = rule.update({"head": {"b": jnp.ones(1)}, "lora": {"a": jnp.ones(1)}},
+      ...                          (), None, ())
+      >>> float(updates["head"]["b"][0]), float(updates["lora"]["a"][0])
+      (-8.0, -0.5)
     """
     _check_lr("sgd", lr)
+    if path_lr is not None and not callable(path_lr):
+        raise ValueError(f"sgd: path_lr must be a function path -> step size or None; got "
+                         f"{path_lr!r}.")
+
+    def rate(path) -> float:
+        value = path_lr(path_name(path))
+        if value is None:
+            return lr
+        _check_lr(f"sgd (path_lr of {path_name(path)!r})", value)
+        return value
 
     def update(grads, state, params, meta):
         del params, meta
-        return jax.tree.map(lambda g: -lr * g, grads), state
+        if path_lr is None:
+            return jax.tree.map(lambda g: -lr * g, grads), state
+        return jax.tree_util.tree_map_with_path(lambda p, g: -rate(p) * g, grads), state
 
     return InnerRule(init_meta=lambda key, params: (), init=lambda params: (), update=update)
 

@@ -359,7 +359,13 @@ def _rule(cfg: Config):
         return meta_lstm(cfg.lstm_hidden, input_bias=(centre - 0.5, centre + 0.5))
     if cfg.inner_rule == "lstm_optimizer":
         return lstm_optimizer(cfg.lstm_hidden, output_scale=cfg.lstm_output_scale)
+    if cfg.body_inner_lr:  # the head keeps inner_lr; everything else adapted takes body_inner_lr
+        return sgd(cfg.inner_lr, path_lr=functools.partial(_body_rate, cfg.body_inner_lr))
     return sgd(cfg.inner_lr)
+
+
+def _body_rate(rate: float, path: str) -> float | None:
+    return None if path.startswith("head/") else rate
 
 
 def _embed_dim(cfg: Config, model: Model) -> int:

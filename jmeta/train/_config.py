@@ -32,6 +32,8 @@ RULE_LEARNERS = ("maml", "fomaml", "anil", "boil", "protomaml")
 """Algorithms that take any inner rule (``inner_rule``) and meta-train its learnable pieces."""
 TRUNCATABLE = ("maml", "fomaml", "metasgd", "anil", "boil", "protomaml")
 """Algorithms whose meta-gradient backpropagates through the inner loop (``inner_truncate``)."""
+BODY_LR_ALGORITHMS = ("maml", "fomaml", "reptile", "protomaml", "finetune")
+"""Algorithms whose SGD inner steps take a separate step size outside the head (body_inner_lr)."""
 TEXT_TASKS = ("banking77", "text")
 """Few-shot text classification (model="bert_lora"): BANKING77, or your own file (text_file)."""
 TEXT_ALGORITHMS = (
@@ -115,6 +117,10 @@ class Config:
     # Inner loop.
     inner_steps: int = 1
     inner_lr: float = 0.01
+    # SGD step size of the adapted parameters outside the classifier head ("head/..."); 0 =
+    # inner_lr. LoRA adapters of a pretrained encoder want far smaller steps than a head that
+    # starts at zero (docs/text.md). maml, fomaml, reptile, protomaml, finetune with SGD steps.
+    body_inner_lr: float = 0.0
     metasgd_init_lr: tuple = (0.005, 0.1)  # Meta-SGD rates: U[low, high] per coordinate
     first_order: bool = False
     inner_batch: int = 0  # reptile: examples per inner step in training (minibatches); 0 = all
@@ -334,6 +340,14 @@ def validate(cfg: Config) -> Config:
     if cfg.inner_rule == "meta_lstm" and not 0 < cfg.inner_lr < 1:
         raise ConfigError(f"inner_rule='meta_lstm' starts its input gate (a sigmoid, the step "
                           f"size) at inner_lr, which must be in (0, 1); got {cfg.inner_lr}.")
+    if cfg.body_inner_lr < 0:
+        raise ConfigError(f"body_inner_lr must be >= 0 (0 = inner_lr); got {cfg.body_inner_lr}.")
+    if cfg.body_inner_lr and (cfg.algorithm not in BODY_LR_ALGORITHMS
+                              or cfg.inner_rule not in ("default", "sgd")):
+        raise ConfigError(
+            f"body_inner_lr sets a fixed SGD step size outside the head, which "
+            f"{cfg.algorithm} with inner_rule={cfg.inner_rule!r} does not take: it applies to "
+            f"{BODY_LR_ALGORITHMS} with inner_rule='default' or 'sgd'; leave body_inner_lr=0.")
     if cfg.lstm_hidden < 1 or not cfg.lstm_output_scale > 0:
         raise ConfigError(f"lstm_hidden must be >= 1 and lstm_output_scale positive; got "
                           f"{cfg.lstm_hidden} and {cfg.lstm_output_scale}.")
