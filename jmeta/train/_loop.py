@@ -322,6 +322,11 @@ def train(
         return _untrained(cfg, run_dir, state, lead, task_map)
     if sharded:
         state = shard_state(state, mesh)
+    else:
+        # Committed to this process's first device, as a restored state is (abstract_state):
+        # an uncommitted fresh state lowers to another program than a resumed one, so a run
+        # resumed from the compile cache would compile its step again.
+        state = jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     step_fn = make_meta_step(
         learner, optimizer, task_map=task_map, chunk_size=cfg.chunk_size or None,
         sampler=task.train_sampler, batch_sharding=task_sharding(mesh) if sharded else None,
