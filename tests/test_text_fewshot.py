@@ -167,6 +167,28 @@ def test_inner_loop_adapts_only_adapters_and_head(maml_setup):
         assert all(jax.tree.leaves(moved)), f"some {part} parameters were not adapted"
 
 
+def test_body_inner_lr_steps_adapters_and_head_at_their_own_rates(make_cfg, maml_setup):
+    """body_inner_lr on text: one inner step moves the adapters by body_inner_lr and the head by
+    inner_lr times their support-loss gradients, and leaves the backbone alone."""
+    _, task, _, episodes = maml_setup
+    cfg = make_cfg(algorithm="fomaml", body_inner_lr=0.1)
+    learner = build_learner(cfg, task)
+    meta = learner.init(jax.random.key(0))
+    leaves, tree = jax.tree.flatten({k: meta["model"][k] for k in ("lora", "head")})
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    noisy = [x + 0.01 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    meta["model"].update(jax.tree.unflatten(tree, noisy))
+    support = jax.tree.map(lambda a: a[0], episodes.support)
+    adapted, _ = jax.jit(lambda m, s: learner.adapt(m, s))(meta, support)
+    grads = jax.jit(jax.grad(lambda p: task.loss_fn(task.model.apply(p, support.x), support.y)))(
+        meta["model"])
+    for part, rate in (("lora", 0.1), ("head", cfg.inner_lr)):
+        want = jax.tree.map(lambda p, g, r=rate: p - r * g, meta["model"][part], grads[part])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                     adapted[part], want)
+    jax.tree.map(np.testing.assert_array_equal, adapted["backbone"], meta["model"]["backbone"])
+
+
 def test_outer_optimizer_keeps_no_state_for_the_backbone(maml_setup):
     cfg, _, learner, _ = maml_setup
     tx = build_optimizer(cfg)
