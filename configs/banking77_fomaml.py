@@ -13,7 +13,9 @@ Difference from MAML's config: the inner steps move the head at 8.0 but the adap
 (body_inner_lr). With the adapters at 8.0 too, first-order training fell apart (training query
 accuracy 0.88 at step 25, 0.52 at step 100; validation 56.9 at step 300); with head and adapters
 at 2.0, or the adapters alone at 0.5, it fell more slowly (validation 62.5 and 81.7 on 10
-episodes at step 100); with the adapters at 0.1 it held (90.7 at step 100).
+episodes at step 100); with the adapters at 0.1 it held (90.7 at step 100). The full 5w1s run
+at 0.1 still ends below both baselines (80.48 +- 0.80 on 600 test episodes): validation peaked
+at 86.33 (step 600) while training accuracy kept rising (docs/text.md).
 
 Rows:    jmeta train configs/banking77_fomaml.py:5w1s   (5w5s)
 CPU:     jmeta train configs/banking77_fomaml.py:5w1s,runlocal
