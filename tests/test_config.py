@@ -99,8 +99,8 @@ def test_incompatible_combinations():
         Config(task="omniglot", algorithm="protomaml", proto_scale=0.0).replace()
     with pytest.raises(ConfigError, match="body_inner_lr must be >= 0"):
         Config(body_inner_lr=-0.1).replace()
-    for bad in (dict(algorithm="anil"), dict(algorithm="metasgd"),
-                dict(algorithm="maml", inner_rule="lslr")):
+    for bad in ({"algorithm": "anil"}, {"algorithm": "metasgd"},
+                {"algorithm": "maml", "inner_rule": "lslr"}):
         with pytest.raises(ConfigError, match="body_inner_lr sets a fixed SGD step size"):
             Config(body_inner_lr=0.1, **bad).replace()
 

@@ -147,17 +147,23 @@ def maml_setup(make_cfg, splits):
     return cfg, task, learner, episodes
 
 
-def test_inner_loop_adapts_only_adapters_and_head(maml_setup):
-    _, _, learner, episodes = maml_setup
+def _adapt_off_zero(learner, episodes):
+    """Meta-parameters with B and the head moved off zero (from B = 0 the gradient of A is zero,
+    and from a zero head the bias gradient of a balanced episode is zero, in the first step),
+    the first episode's support set, and the parameters adapted on it."""
     meta = learner.init(jax.random.key(0))
-    # Move B and the head off zero: from B = 0 the gradient of A is zero, and from a zero head
-    # the bias gradient of a balanced episode is zero, in the first step.
     leaves, tree = jax.tree.flatten({k: meta["model"][k] for k in ("lora", "head")})
     keys = jax.random.split(jax.random.key(1), len(leaves))
     noisy = [x + 0.01 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
     meta["model"].update(jax.tree.unflatten(tree, noisy))
     support = jax.tree.map(lambda a: a[0], episodes.support)
     adapted, _ = jax.jit(lambda m, s: learner.adapt(m, s))(meta, support)
+    return meta, support, adapted
+
+
+def test_inner_loop_adapts_only_adapters_and_head(maml_setup):
+    _, _, learner, episodes = maml_setup
+    meta, _, adapted = _adapt_off_zero(learner, episodes)
     same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a).view(np.uint32),
                                                     np.asarray(b).view(np.uint32)),
                         meta["model"]["backbone"], adapted["backbone"])
@@ -173,13 +179,7 @@ def test_body_inner_lr_steps_adapters_and_head_at_their_own_rates(make_cfg, maml
     _, task, _, episodes = maml_setup
     cfg = make_cfg(algorithm="fomaml", body_inner_lr=0.1)
     learner = build_learner(cfg, task)
-    meta = learner.init(jax.random.key(0))
-    leaves, tree = jax.tree.flatten({k: meta["model"][k] for k in ("lora", "head")})
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    noisy = [x + 0.01 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    meta["model"].update(jax.tree.unflatten(tree, noisy))
-    support = jax.tree.map(lambda a: a[0], episodes.support)
-    adapted, _ = jax.jit(lambda m, s: learner.adapt(m, s))(meta, support)
+    meta, support, adapted = _adapt_off_zero(learner, episodes)
     grads = jax.jit(jax.grad(lambda p: task.loss_fn(task.model.apply(p, support.x), support.y)))(
         meta["model"])
     for part, rate in (("lora", 0.1), ("head", cfg.inner_lr)):
