@@ -17,8 +17,10 @@ meta-steps against 83% with SGD in a short check), and an outer step of 0.1, not
 collapsed to chance within 30 meta-steps). The adapters take 0.25 (body_inner_lr): at 4.0,
 like the head, training query accuracy fell from 0.85 at step 50 to chance (0.20) from step 200
 while the meta-gradient norm rose from 1.7 to 8; at 0.25 it held 0.88 with the norm at 1.6
-through step 150 (validation 88.3 on 10 episodes); in the full run it still fell slowly (0.81
-at step 350). Like MAML at this inner step size, more test steps than trained diverge.
+through step 150 (validation 88.3 on 10 episodes); in the full run it fell more slowly but
+still fell (training 0.81 at step 350, 0.54 at 650; validation 58.1 at step 500): these settings
+do not train yet (docs/text.md). Like MAML at this inner step size, more test steps than
+trained diverge.
 
 Rows:    jmeta train configs/banking77_reptile.py:5w1s   (5w5s)
 CPU:     jmeta train configs/banking77_reptile.py:5w1s,runlocal
