@@ -34,13 +34,11 @@ def _query_loss(learner, meta, ep):
     return _loss(mlp(1, 1, (8, 8)), params, ep.query)
 
 
-def test_second_order_matches_finite_differences(x64):
-    model = mlp(1, 1, (8, 8))
-    learner = maml(model, LR, num_steps=2)
-    meta, ep = _setup(learner)
+def _assert_matches_finite_differences(learner, meta, ep, directions=3):
+    """The meta-gradient along random directions equals central finite differences."""
     grads, _ = learner.task_grad(meta, ep, jax.random.key(0))
     rng = np.random.default_rng(0)
-    for _ in range(3):
+    for _ in range(directions):
         direction = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), meta)
         eps = 1e-6
         plus = jax.tree.map(lambda m, d: m + eps * d, meta, direction)
@@ -48,6 +46,13 @@ def test_second_order_matches_finite_differences(x64):
         fd = (_query_loss(learner, plus, ep) - _query_loss(learner, minus, ep)) / (2 * eps)
         analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
         np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-6, atol=1e-9)
+
+
+def test_second_order_matches_finite_differences(x64):
+    model = mlp(1, 1, (8, 8))
+    learner = maml(model, LR, num_steps=2)
+    meta, ep = _setup(learner)
+    _assert_matches_finite_differences(learner, meta, ep)
 
 
 def test_second_order_matches_explicit_unrolled_two_steps(x64):
@@ -186,10 +191,4 @@ def test_body_inner_lr_steps_the_head_at_inner_lr_and_the_rest_at_its_own_rate(x
         rate = LR if name == "head" else 0.2
         want = jax.tree.map(lambda p, d, r=rate: p - r * d, meta["model"][name], g[name])
         jax.tree.map(np.testing.assert_allclose, adapted[name], want)
-    grads = jax.grad(lambda m: _query_loss(learner, m, ep))(meta)["model"]
-    direction = jax.tree.map(jnp.ones_like, meta["model"])
-    eps = 1e-6
-    shift = lambda s: dict(meta, model=jax.tree.map(lambda p, d: p + s * d, meta["model"], direction))
-    numeric = (_query_loss(learner, shift(eps), ep) - _query_loss(learner, shift(-eps), ep)) / (2 * eps)
-    analytic = sum(jnp.vdot(a, d) for a, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+    _assert_matches_finite_differences(learner, meta, ep)

@@ -84,7 +84,7 @@ def restore_tree(directory: str | Path, abstract: PyTree, *, frozen: Frozen = No
             f"No checkpoint at {directory}: was the run finished? Re-run `jmeta train` for it."
         )
     # Restore onto this process's first device, whatever topology saved it (8 GPUs -> 1 CPU).
-    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    here = local_placement()
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), abstract)
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(directory, strip_frozen(abstract, frozen))
@@ -109,10 +109,16 @@ def _restore_state(tree: dict):
     return MetaState(tree["step"], tree["params"], tree["opt_state"], jax.random.wrap_key_data(tree["rng"]))
 
 
+def local_placement() -> jax.sharding.SingleDeviceSharding:
+    """This process's first device: where unsharded states are restored, and where a fresh
+    training state is put so that a fresh and a resumed run lower to the same program."""
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
 def abstract_state(make_state, sharding=None) -> dict:
     """The checkpoint structure of ``make_state()`` from ``jax.eval_shape`` (nothing computed),
     placed with ``sharding`` (default: this process's first device)."""
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    sharding = sharding or local_placement()
     shapes = jax.eval_shape(lambda: _saveable(make_state()))
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 

@@ -51,6 +51,7 @@ from jmeta.train._checkpoint import (
     STEPS_DIR,
     RunCheckpoints,
     abstract_state,
+    local_placement,
     restore_tree,
     save_tree,
 )
@@ -323,10 +324,9 @@ def train(
     if sharded:
         state = shard_state(state, mesh)
     else:
-        # Committed to this process's first device, as a restored state is (abstract_state):
-        # an uncommitted fresh state lowers to another program than a resumed one, so a run
-        # resumed from the compile cache would compile its step again.
-        state = jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+        # Committed where a restored state is placed: an uncommitted fresh state lowers to
+        # another program than a resumed one, which would then compile its step again.
+        state = jax.device_put(state, local_placement())
     step_fn = make_meta_step(
         learner, optimizer, task_map=task_map, chunk_size=cfg.chunk_size or None,
         sampler=task.train_sampler, batch_sharding=task_sharding(mesh) if sharded else None,
