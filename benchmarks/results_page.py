@@ -343,7 +343,8 @@ def text_section(runs: list[dict]) -> list[str]:
     lines = [
         "## Few-shot text classification (BANKING77, pretrained encoder + LoRA)",
         "",
-        "Runs of `make reproduce-banking77` (one row: `make reproduce-banking77_<method>-5w1s`).",
+        "Runs of `make reproduce-banking77` (one row:",
+        "`make reproduce-banking77_<method>-5w1s` or `-5w5s`).",
         "",
         "Protocol: BANKING77's train and test files pooled per intent; a fixed 50 / 10 / 17 split",
         "of the 77 intents (`jmeta/data/splits/banking77/`); all-MiniLM-L6-v2 frozen, texts cut",

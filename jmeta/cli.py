@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--ways", type=int, help="test with N-way episodes (metric-based learners)")
     e.add_argument("--shots", type=int, help="test with K-shot episodes")
     e.add_argument("--queries", type=int, help="query examples per class in the test episodes")
+    e.add_argument("--chunk-size", type=int,
+                   help="test tasks adapted together (bounds memory; default: the run's "
+                        "eval_chunk_size, 0 = all at once, 5 for text)")
 
     r = sub.add_parser("predict", help="adapt a trained run to a support set, label queries "
                                        "(images: folders; text runs: CSV / text files)")
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--checkpoint must be best, final or a step; got {args.checkpoint!r}.")
             ev = evaluate(args.run_dir, num_tasks=args.tasks, steps=steps, baseline=not args.no_baseline,
                           data_dir=args.data_dir, checkpoint=checkpoint, ways=args.ways,
-                          k_shot=args.shots, queries=args.queries)
+                          k_shot=args.shots, queries=args.queries, chunk_size=args.chunk_size)
             print(json.dumps(ev, indent=2) if args.json else format_table(ev))
     except (ConfigError, FileNotFoundError) as err:
         print(f"jmeta: error: {err}", file=sys.stderr)

@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jmeta.cli import main
@@ -105,6 +107,44 @@ def test_eval_with_few_tasks_says_it_is_not_the_full_protocol(run_dir, capsys):
     assert main(["eval", str(run), "--tasks", "50", "--no-baseline"]) == 0
     out = capsys.readouterr().out
     assert "50 new tasks" in out and "at least 600" in out and "pretrained" not in out.split("|---")[-1]
+
+
+def test_eval_in_chunks_of_tasks_gives_the_same_scores(run_dir, tmp_path, capsys, monkeypatch):
+    """eval_chunk_size adapts the test tasks a few at a time (to bound memory); each task's
+    scores, for the meta-learned model and the fine-tuned baseline, are those of all at once."""
+    import jmeta.train._loop as loop
+
+    mappings = []
+
+    def spy(fn):
+        def wrapped(*args, **kwargs):
+            mappings.append((kwargs["task_map"], kwargs.get("chunk_size")))
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(loop, "adaptation_curves", spy(loop.adaptation_curves))
+    monkeypatch.setattr(loop, "finetune_curves", spy(loop.finetune_curves))
+    run, _ = run_dir
+    assert json.loads((run / "config.json").read_text())["eval_chunk_size"] == 0
+    chunked = tmp_path / "chunked"
+    shutil.copytree(run, chunked)
+    cfg = json.loads((chunked / "config.json").read_text())
+    (chunked / "config.json").write_text(json.dumps(dict(cfg, eval_chunk_size=3)))
+    scores = []
+    for path, flags in ((run, []), (chunked, []), (run, ["--chunk-size", "4"])):
+        assert main(["eval", str(path), "--tasks", "100", "--steps", "0,5", "--json", *flags]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    # All 100 tasks at once, then chunks of 2 (3 lowered to a divisor of 100), then of 4.
+    assert mappings == [("vmap", None)] * 2 + [("map", 2)] * 2 + [("map", 4)] * 2
+    whole = scores[0]
+    for parts in scores[1:]:
+        assert parts["episodes_sha256"] == whole["episodes_sha256"]
+        for method in ("maml", "pretrained"):
+            for s in ("0", "5"):
+                np.testing.assert_allclose(parts["per_task"][method][s],
+                                           whole["per_task"][method][s], rtol=1e-4, atol=1e-6)
+    assert main(["eval", str(run), "--chunk-size", "-1"]) == 2
+    assert "eval_chunk_size must be >= 0" in capsys.readouterr().err
 
 
 def test_rows_lists_every_published_row_with_its_make_target(capsys, monkeypatch):

@@ -188,6 +188,10 @@ class Config:
     eval_ways: int = 0  # classes per validation/test episode; 0 = ways (ProtoNets train 60-way)
     eval_split: str = "test"
     val_tasks: int = 200  # tasks (disjoint stream) on which the baseline's step size is tuned
+    # Test and validation tasks adapted together in one vectorised chunk (the rest run one chunk
+    # after another); it bounds memory, not the values. 0 = auto: 5 for text tasks (a 5-shot
+    # episode of a transformer holds hundreds of MB of activations), all at once otherwise.
+    eval_chunk_size: int = 0
     # The published number this config reproduces, for the results page: (mean, ci95) and source.
     paper_result: tuple = ()
     paper_source: str = ""
@@ -323,6 +327,7 @@ def validate(cfg: Config) -> Config:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1; got {getattr(cfg, key)}.")
     for key in ("k_query", "train_shots", "inner_batch", "eval_k_query", "chunk_size",
+                "eval_chunk_size",
                 "baseline_steps", "seed", "image_size",
                 "mesh_data"):
         if getattr(cfg, key) < 0:
@@ -433,15 +438,37 @@ def _check_text(cfg: Config) -> None:
         raise ConfigError("model='bert_lora' has no BatchNorm: leave bn_mode='transductive'.")
 
 
+TEXT_EVAL_CHUNK = 5  # text tasks adapted together at evaluation when eval_chunk_size is 0
+
+
+def eval_chunk(cfg: Config, num_tasks: int) -> int:
+    """Tasks adapted together when ``num_tasks`` test or validation tasks are evaluated at once:
+    ``eval_chunk_size`` (0 = :data:`TEXT_EVAL_CHUNK` for text tasks, all tasks otherwise),
+    lowered to a divisor of ``num_tasks`` so that every chunk has the same shape.
+
+    Example:
+      >>> eval_chunk(Config(task="banking77"), 50), eval_chunk(Config(task="banking77"), 7)
+      (5, 1)
+      >>> eval_chunk(Config(task="omniglot"), 50), eval_chunk(Config(eval_chunk_size=4), 6)
+      (50, 3)
+    """
+    chunk = cfg.eval_chunk_size or (TEXT_EVAL_CHUNK if cfg.task in TEXT_TASKS else num_tasks)
+    chunk = max(1, min(chunk, num_tasks))
+    while num_tasks % chunk:
+        chunk -= 1
+    return chunk
+
+
 def train_shots(cfg: Config) -> int:
     """Support shots per class (points, for regression) of the training episodes."""
     return cfg.train_shots or cfg.k_shot
 
 
 # Fields a resumed run may change: they do not alter the trajectory of meta-training (task_map,
-# chunk_size and conv_impl change how the same values are computed, not the values).
+# chunk_size, eval_chunk_size and conv_impl change how the same values are computed, not the
+# values).
 RESUMABLE = frozenset({
-    "task_map", "chunk_size", "conv_impl",
+    "task_map", "chunk_size", "eval_chunk_size", "conv_impl",
     "name", "num_steps", "log_every", "save_every", "keep_checkpoints", "eval_tasks", "eval_steps",
     "eval_k_query", "eval_split", "val_tasks", "data_dir", "cache_dir", "baseline", "baseline_steps",
     "baseline_lrs", "paper_result", "paper_source", "base_classes", "bn_batches",

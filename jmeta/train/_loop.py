@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from jmeta.core._meta import init_state, make_meta_step
 from jmeta.core._types import MetaState
+from jmeta.core._types import num_tasks as count_tasks
 from jmeta.data._samplers import HostSampler
 from jmeta.distributed import (
     check_batch,
@@ -62,6 +63,7 @@ from jmeta.train._config import (
     WAYS_FREE,
     Config,
     ConfigError,
+    eval_chunk,
     incompatible_fields,
     load_config,
 )
@@ -532,15 +534,18 @@ def _curves(task: Task, learner, params, key, n: int, max_steps: int, split: str
         if fingerprint is not None:
             for leaf in jax.tree.leaves(tasks):
                 fingerprint.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+        size = count_tasks(tasks)
+        chunk = eval_chunk(task.cfg, size)
+        # Fewer tasks at once than were gathered: one vmapped chunk after another bounds memory.
+        mapping = dict(task_map="map", chunk_size=chunk) if chunk < size else dict(task_map=task_map)
         if lr is None and only is not None and task.cfg.task in TEXT_TASKS:
-            out.append(adaptation_at(learner, params, tasks, only, loss_fn=metric,
-                                     task_map=task_map))
+            out.append(adaptation_at(learner, params, tasks, only, loss_fn=metric, **mapping))
         elif lr is None:
             out.append(adaptation_curves(learner, params, tasks, max_steps, loss_fn=metric,
-                                         task_map=task_map))
+                                         **mapping))
         else:
             out.append(finetune_curves(task.model, params, tasks, max_steps, lr, loss_fn=metric,
-                                       task_map=task_map))
+                                       **mapping))
     return np.concatenate(out)
 
 
@@ -562,6 +567,7 @@ def evaluate(
     ways: int | None = None,
     k_shot: int | None = None,
     queries: int | None = None,
+    chunk_size: int | None = None,
 ) -> dict:
     """Meta-tests a run: ``num_tasks`` new tasks (default ``eval_tasks`` of its config), the test
     metric's mean and 95% CI after each count in ``steps``. Sinusoid runs add the pretrained
@@ -572,7 +578,9 @@ def evaluate(
     accuracy on the validation classes, measured at every save), ``"final"`` the final
     meta-parameters, an int that step's checkpoint. ``ways``, ``k_shot`` and ``queries`` (per
     class) change the test episodes, e.g. to test a ProtoNet trained 60-way on 5-way tasks;
-    learners with a ``ways``-sized head cannot change ``ways``.
+    learners with a ``ways``-sized head cannot change ``ways``. ``chunk_size`` (default: the
+    config's ``eval_chunk_size``) is how many tasks are adapted together; it bounds memory and
+    leaves the scores as they are.
 
     Writes ``eval.json`` into the run directory (and, for classification, a copy under
     ``evals/<ways>w<k_shot>s.json``) and returns its content.
@@ -582,8 +590,8 @@ def evaluate(
     trained = cfg
     if data_dir:
         cfg = cfg.replace(data_dir=str(Path(data_dir).expanduser().absolute()))
-    changes = {k: v for k, v in (("eval_ways", ways), ("k_shot", k_shot), ("eval_k_query", queries))
-               if v is not None}
+    changes = {k: v for k, v in (("eval_ways", ways), ("k_shot", k_shot), ("eval_k_query", queries),
+                                 ("eval_chunk_size", chunk_size)) if v is not None}
     if changes.get("eval_ways", cfg.ways) != cfg.ways and cfg.algorithm not in WAYS_FREE:
         raise ConfigError(
             f"{cfg.algorithm} has a {cfg.ways}-way classifier head: it cannot be tested "
