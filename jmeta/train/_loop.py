@@ -537,7 +537,7 @@ def _curves(task: Task, learner, params, key, n: int, max_steps: int, split: str
         size = count_tasks(tasks)
         chunk = eval_chunk(task.cfg, size)
         # Fewer tasks at once than were gathered: one vmapped chunk after another bounds memory.
-        mapping = dict(task_map="map", chunk_size=chunk) if chunk < size else dict(task_map=task_map)
+        mapping = dict(task_map="map", chunk_size=chunk) if chunk < size else {"task_map": task_map}
         if lr is None and only is not None and task.cfg.task in TEXT_TASKS:
             out.append(adaptation_at(learner, params, tasks, only, loss_fn=metric, **mapping))
         elif lr is None:
