@@ -15,7 +15,10 @@ accuracy 0.88 at step 25, 0.52 at step 100; validation 56.9 at step 300); with h
 at 2.0, or the adapters alone at 0.5, it fell more slowly (validation 62.5 and 81.7 on 10
 episodes at step 100); with the adapters at 0.1 it held (90.7 at step 100). The full 5w1s run
 at 0.1 still ends below both baselines (80.48 +- 0.80 on 600 test episodes): validation peaked
-at 86.33 (step 600) while training accuracy kept rising (docs/text.md).
+at 86.33 (step 600) while training accuracy kept rising (docs/text.md). The 5w5s run
+destabilised late: validation 93.17 / 93.79 / 81.49 / 63.01 at steps 300 / 600 / 900 / 1,200
+(training query loss up from 0.48 to about 1.1 after step 800); its best checkpoint (step 600)
+scored 90.84 +- 0.52, also below both baselines.
 
 Rows:    jmeta train configs/banking77_fomaml.py:5w1s   (5w5s)
 CPU:     jmeta train configs/banking77_fomaml.py:5w1s,runlocal
