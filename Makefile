@@ -76,7 +76,7 @@ compare-inner-rules: $(STAMP)
 	$(MAKE) results
 
 ## Few-shot text (docs/text.md): BANKING77 (50 / 10 / 17 intents), 5-way 1- and 5-shot, with
-## all-MiniLM-L6-v2 frozen and LoRA adapters: MAML, first-order MAML, Reptile and ProtoNets
+## all-MiniLM-L6-v2 frozen and LoRA adapters: MAML, first-order MAML, Reptile, ProtoNets and Proto-MAML
 ## meta-learn the adapters (about an hour each on 2 CPU cores); two baselines without
 ## meta-training: fine-tuning LoRA + head per task, and nearest prototype on the frozen encoder.
 ## Each row trains into runs/reproduce/<config>-<row>, then meta-tests 600 test episodes, e.g.

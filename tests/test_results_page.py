@@ -25,11 +25,11 @@ ENV = {"backend": "cpu", "device": "cpu", "num_devices": 1, "cpu": "x86_64", "cp
 
 
 def _run(root: Path, name: str, cfg: dict, results: dict, *, ways: int, shots: int, steps=0,
-         steps_per_sec=0.0, train_s=0.0, per_task=None, episodes=None):
+         steps_per_sec=0.0, train_s=0.0, per_task=None, episodes=None, num_tasks=600):
     d = root / name
     d.mkdir(parents=True)
     cfg = {"name": name, "k_shot": shots, "ways": ways, "model": "bert_lora", **cfg}
-    ev = {"name": name, "ways": ways, "k_shot": shots, "num_tasks": 600, "results": results,
+    ev = {"name": name, "ways": ways, "k_shot": shots, "num_tasks": num_tasks, "results": results,
           "environment": ENV}
     if per_task is not None:
         ev.update(per_task=per_task, episodes_sha256=episodes)
@@ -123,3 +123,27 @@ def test_text_margins_are_paired_when_both_runs_kept_the_same_episodes(page, tmp
     assert abs(diff - 1.0) < 0.2 and ci < 0.2  # the CI of differences with sd ~1.4
     unpaired = lines["Reptile"].split(" | ")[4]
     assert "paired" not in unpaired and float(unpaired.split(" +- ")[1].split(" ")[0]) > 0.8
+
+
+def test_a_shrunk_run_never_replaces_the_full_record_of_its_row(page, tmp_path):
+    """A RUNLOCAL=1 wiring check (100 test episodes, few meta-steps) read after the full record
+    of the same row does not take its place; a second full run does."""
+    text = {"task": "banking77", "inner_steps": 1, "algorithm": "protonets"}
+    records, runs = tmp_path / "records", tmp_path / "runs"
+    _run(records, "banking77_protonets-5w1s", text, {"protonets": {"1": _acc(92.0, 0.6)}},
+         ways=5, shots=1, steps=2000)
+    _run(runs, "banking77_protonets-5w1s-runlocal", text, {"protonets": {"1": _acc(70.0, 2.0)}},
+         ways=5, shots=1, steps=50, num_tasks=100)
+
+    def shown(*roots):
+        md = page.build(list(roots), tmp_path / "results.md")
+        return [line for line in md.splitlines() if line.startswith("| 5-way")]
+
+    for roots in ((records, runs), (runs, records)):
+        (row,) = shown(*roots)
+        assert "**92.00 +- 0.60**" in row and "| 600 |" in row
+    rerun = tmp_path / "rerun"
+    _run(rerun, "banking77_protonets-5w1s", text, {"protonets": {"1": _acc(93.0, 0.5)}},
+         ways=5, shots=1, steps=2000)
+    (row,) = shown(records, runs, rerun)
+    assert "**93.00 +- 0.50**" in row
