@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
 
 from _workloads import LIBRARIES, load_workloads, support  # noqa: E402
 
-from jmeta.bench import hardware_name  # noqa: E402
+from jmeta.bench import cpu_model, hardware_name  # noqa: E402
 
 
 def _last_json(text: str) -> dict | None:
@@ -147,13 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip() or "unknown"
     meta = {"date": datetime.date.today().isoformat(), "commit": commit, "threads": args.threads,
-            "rounds": args.rounds, "reps": args.reps, "cpu_count": os.cpu_count()}
+            "rounds": args.rounds, "reps": args.reps, "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model()}
     (out / "peers.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs},
                                                indent=1))
     libs = ["jmeta"] + libraries
     lines = [f"jmeta and the PyTorch peers, meta-steps per second (median over {args.rounds} "
              f"alternating rounds, each the median of {args.reps} repetitions), "
-             f"{args.threads} threads, commit {commit}, {meta['date']}.", "",
+             f"{args.threads} threads, {meta['cpu_model']}, commit {commit}, {meta['date']}.", "",
              "| workload | " + " | ".join(libs) + " | jmeta / fastest peer | jmeta compile (s) "
              "| jmeta task map, conv |",
              "|---|" + "---|" * (len(libs) + 3)]

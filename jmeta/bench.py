@@ -306,6 +306,24 @@ def hardware_name() -> str:
     return jax.devices()[0].device_kind.lower().replace(" ", "-")
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows:
+    two machines with the same core count can differ by 2x in speed, so results record it.
+
+    Example:
+      >>> isinstance(cpu_model(), str) and len(cpu_model()) > 0
+      True
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cost_flops(compiled) -> float | None:
     """FLOPs of one call of a compiled JAX function, from XLA's cost analysis; ``None`` when
     the backend does not report them. Accepts the dict of current JAX and the list of dicts
@@ -554,7 +572,8 @@ def machine_info(peak_n: int | None = None) -> dict:
         "hardware": hardware_name(), "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
         "threads": thread_settings(), "matmul_n": None, "matmul_peak_flops": None,
     }
     if peak_n != 0:
