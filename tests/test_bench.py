@@ -129,3 +129,53 @@ def test_scaling_plots_and_failed_rows(tmp_path):
             "reps": 1, "min_rep_s": 0.1, "matmul_peak_flops": None}
     table = bench.markdown_table(meta, rows)
     assert "failed: timed out" in table and "| vmap + remat |" in table and ">=0.001" in table
+
+
+def test_op_profile_groups_the_traced_ops_of_a_step(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import profile_ops
+
+    tiny = dict(bench.load_workloads()["maml_sinusoid"], meta_batch=2, inner_steps=1)
+    monkeypatch.setattr(profile_ops, "load_workloads", lambda: {"tiny": tiny})
+    result = profile_ops.profile("tiny", steps=2)
+    assert set(result["classes"]) == set(profile_ops.CLASSES)
+    # Every traced op is counted once: the classes add up to the summed op time.
+    assert sum(result["classes"].values()) == pytest.approx(result["op_ms_per_step"])
+    assert result["op_ms_per_step"] > 0 and result["wall_ms_per_step"] > 0
+    # An MLP's step is matmuls and elementwise fusions; no convolution, no im2col patches.
+    assert result["classes"]["matmul"] > 0
+    assert result["classes"]["convolution"] == result["classes"]["patch gather"] == 0
+    top = result["top_ops"][0]
+    assert top["shape"] and top["calls_per_step"] >= 1
+    md = profile_ops.markdown(result, dict(hardware="h", cpu_model="c", commit="x", jax="j",
+                                           date="d"))
+    assert "| matmul |" in md and top["name"] in md
+
+
+def test_op_classes_of_hlo_instructions():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.profile_ops import hlo_ops, op_class
+
+    text = "\n".join([
+        '  %dot.4 = f32[9,64]{1,0} dot(%a, %b), metadata={op_name="jit(s)/dot_general"}',
+        '  ROOT %convolution.2 = f32[1,4,4,8]{3,2,1,0} convolution(%x, %w), window={size=3x3}',
+        '  %copy.1 = f32[64,9]{0,1} copy(%dot.4)',
+        '  %fusion.7 = f32[5]{0} fusion(%p), kind=kLoop, calls=%fused_computation.7',
+        '  %ynn_fusion.3 = f32[3,3,8,8]{3,2,1,0} fusion(%x), kind=kCustom, '
+        'metadata={op_name="jit(s)/transpose(jvp())/conv_general_dilated"}',
+        '  %ynn_fusion.4 = f32[8]{0} fusion(%x), kind=kCustom, '
+        'metadata={op_name="jit(s)/transpose(jvp())/reduce_sum"}'])
+    ops = hlo_ops(text)
+    assert ops["dot.4"]["op_name"] == "jit(s)/dot_general" and ops["copy.1"]["opcode"] == "copy"
+    assert [op_class(n, ops[n]) for n in ("dot.4", "convolution.2", "copy.1", "fusion.7",
+                                          "ynn_fusion.3", "ynn_fusion.4")] == [
+        "matmul", "convolution", "transpose / copy", "elementwise", "convolution", "elementwise"]
+    assert [op_class(n, None) for n in ("ynn_fusion.47", "concatenate.1", "pad_slice_fusion.3",
+                                        "slice_select_fusion.3", "copy_bitcast_fusion.2")] == [
+        "matmul", "patch gather", "patch gather", "col2im + elementwise", "transpose / copy"]
