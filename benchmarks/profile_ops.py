@@ -162,19 +162,19 @@ def markdown(result: dict, meta: dict) -> str:
     lines = [f"# Where a meta-step's time goes, op by op ({result['workload']})", "",
              f"{meta['hardware']} ({meta['cpu_model']}), jax {meta['jax']}, commit "
              f"{meta['commit']}, {meta['date']}; task map `{result['task_map']}`, convolutions "
-             f"`{result['conv_impl']}`; {result['steps']} steps under `jax.profiler.trace` after "
-             f"a warm-up. Wall time per step without the profiler: "
-             f"{result['wall_ms_per_step']:.0f} ms; XLA ops' summed time per step: "
-             f"{result['op_ms_per_step']:.0f} ms.", "",
+             f"`{result['conv_impl'] or '-'}`; {result['steps']} steps under "
+             f"`jax.profiler.trace` after a warm-up. Wall time per step without the profiler: "
+             f"{result['wall_ms_per_step']:.3g} ms; XLA ops' summed time per step: "
+             f"{result['op_ms_per_step']:.3g} ms.", "",
              "| class | ms per step | share |", "|---|---|---|"]
     for cls, ms in result["classes"].items():
-        lines.append(f"| {cls} | {ms:.1f} | {100 * ms / total:.1f}% |")
+        lines.append(f"| {cls} | {ms:.3g} | {100 * ms / total:.1f}% |")
     lines += ["", "Largest single ops (per step, summed over the task loop's iterations):", "",
               "| op | class | ms per step | calls per step | output | from |",
               "|---|---|---|---|---|---|"]
     for r in result["top_ops"]:
         origin = r["op_name"].split("/")[-2:]
-        lines.append(f"| `{r['name']}` | {r['cls']} | {r['ms_per_step']:.1f} | "
+        lines.append(f"| `{r['name']}` | {r['cls']} | {r['ms_per_step']:.3g} | "
                      f"{r['calls_per_step']:.0f} | `{r['shape'].split('{')[0]}` | "
                      f"`{'/'.join(origin)}` |")
     return "\n".join(lines) + "\n"
