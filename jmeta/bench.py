@@ -41,6 +41,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from jmeta.train._config import Config, ConfigError
@@ -484,6 +485,38 @@ def synthetic_batch(cfg: Config, spec: dict, key):
     return Episode(labelled(ks, shots), labelled(kq, queries))
 
 
+def build_workload(spec: dict, *, task_map: str = "auto", remat: bool = False,
+                   donate: bool = True) -> SimpleNamespace:
+    """What a workload runs, built as ``jmeta bench`` measures it: ``cfg``, ``learner``, the
+    resolved ``task_map``, the jitted meta-``step`` (``donate=False`` keeps ``state`` valid
+    across calls), the initial ``state`` and a fixed synthetic ``batch`` on the device.
+
+    Example:
+      >>> spec = dict(load_workloads()["maml_sinusoid"], meta_batch=2, inner_steps=1)
+      >>> w = build_workload(spec)
+      >>> w.task_map, w.batch.support.x.shape
+      ('vmap', (2, 10, 1))
+    """
+    import jax
+
+    from jmeta.core._meta import init_state, make_meta_step
+    from jmeta.train._build import (build_learner, build_optimizer, build_task, config_task_map,
+                                    model_task)
+
+    cfg = workload_config(spec, task_map=task_map, remat=remat)
+    task = build_task(cfg) if cfg.task == "sinusoid" else model_task(cfg)
+    learner = build_learner(cfg, task)
+    tx = build_optimizer(cfg)
+    strategy = config_task_map(cfg, learner.family)
+    step = make_meta_step(learner, tx, task_map=strategy, chunk_size=cfg.chunk_size or None,
+                          donate=donate)
+    init_key, data_key = jax.random.split(jax.random.key(0))
+    state = init_state(learner, tx, init_key)
+    batch = jax.device_put(synthetic_batch(cfg, spec, data_key))
+    return SimpleNamespace(cfg=cfg, learner=learner, task_map=strategy, step=step, state=state,
+                           batch=batch)
+
+
 def run_workload(name: str, spec: dict, *, reps: int, min_rep_s: float, task_map: str = "auto",
                  remat: bool = False) -> dict:
     """Measures one workload in this process (see the module docstring for the method).
@@ -501,21 +534,13 @@ def run_workload(name: str, spec: dict, *, reps: int, min_rep_s: float, task_map
     """
     import jax
 
-    from jmeta.core._meta import init_state, make_meta_step
-    from jmeta.train._build import (build_learner, build_optimizer, build_task, config_task_map,
-                                    model_conv_impl, model_task)
+    from jmeta.train._build import model_conv_impl
 
     if reps < 1 or not min_rep_s >= 0:
         raise ValueError(f"reps must be >= 1 and min_rep_s >= 0; got {reps}, {min_rep_s}.")
-    cfg = workload_config(spec, task_map=task_map, remat=remat)
-    task = build_task(cfg) if cfg.task == "sinusoid" else model_task(cfg)
-    learner = build_learner(cfg, task)
-    tx = build_optimizer(cfg)
-    strategy = config_task_map(cfg, learner.family)
-    step = make_meta_step(learner, tx, task_map=strategy, chunk_size=cfg.chunk_size or None)
-    init_key, data_key = jax.random.split(jax.random.key(0))
-    state = init_state(learner, tx, init_key)
-    batch = jax.device_put(synthetic_batch(cfg, spec, data_key))
+    w = build_workload(spec, task_map=task_map, remat=remat)
+    cfg, learner, strategy, step, state, batch = (w.cfg, w.learner, w.task_map, w.step, w.state,
+                                                  w.batch)
     jax.block_until_ready((state, batch))
 
     t = time.perf_counter()
