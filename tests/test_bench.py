@@ -57,12 +57,50 @@ def test_run_workload_in_process():
     assert row["tasks_per_sec"] == pytest.approx(2 * row["steps_per_sec_median"])
     assert row["achieved_flops_per_sec"] == pytest.approx(
         row["flops_per_step"] * row["steps_per_sec_median"])
-    assert row["flops_lower_bound"]  # the 5-step inner loop stays a rolled scan on an MLP
+    # The 5-step inner loop stays a rolled scan on an MLP: XLA's cost analysis counts its body
+    # once, the jaxpr count five times.
+    assert row["xla_cost_lower_bound"] and not row["flops_lower_bound"]
+    assert row["flops_per_step"] > 2 * row["xla_cost_flops"]
     assert row["peak_host_rss_mb"] > 50 and row["backend"] == jax.default_backend()
     assert row["peak_device_bytes"] is None or row["peak_device_bytes"] > 0
     assert row["task_map"] in ("vmap", "map", "unroll") and row["meta_batch"] == 2
     assert row["loss"] == row["loss"]  # finite, not NaN
     assert {"device_kind", "jax", "reps", "steps_per_rep"} <= set(row)
+
+
+def test_jaxpr_flops_counts_loops_branches_and_convolutions():
+    m, k, n = 24, 16, 8
+    a, b = jnp.ones((m, k)), jnp.ones((k, n))
+    mm = 2 * m * k * n
+    assert bench.jaxpr_flops(jnp.matmul, a, b) == (mm, True)
+    scan = lambda a: jax.lax.scan(lambda c, _: (c, c @ b), a, None, length=7)[1]
+    assert bench.jaxpr_flops(scan, a) == (7 * mm, True)
+    fori = lambda a: jax.lax.fori_loop(0, 3, lambda i, c: c @ jnp.eye(k), a)  # static: a scan
+    assert bench.jaxpr_flops(fori, a) == (3 * 2 * m * k * k, True)
+    until = lambda a: jax.lax.while_loop(lambda c: c.sum() < 1e9, lambda c: c @ jnp.eye(k), a)
+    assert bench.jaxpr_flops(until, a) == (2 * m * k * k, False)  # the body once, not exact
+    branch = lambda p, a: jax.lax.cond(p, lambda: (a @ b).sum(), lambda: (a @ b @ b.T).sum())
+    assert bench.jaxpr_flops(branch, True, a)[0] == mm + 2 * m * n * k
+    x, w = jnp.ones((2, 9, 9, 6)), jnp.ones((3, 3, 3, 4))  # NHWC, HWIO, 2 feature groups
+    conv = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2)
+    flops, exact = bench.jaxpr_flops(conv, x, w)
+    assert exact and flops == 2 * (2 * 7 * 7 * 4) * (3 * 3 * 3)
+    # Without padding or loops, XLA's cost analysis counts the same multiply-adds.
+    xla = bench.cost_flops(jax.jit(conv).lower(x, w).compile())
+    assert xla is None or xla == pytest.approx(flops, rel=0.05)
+
+
+def test_jaxpr_flops_of_a_meta_step_do_not_depend_on_the_task_map():
+    spec = dict(bench.load_workloads()["maml_omniglot_5w1s"], filters=8, size=16, meta_batch=3,
+                queries=2)
+    counts = {}
+    for task_map in ("vmap", "map"):
+        w = bench.build_workload(spec, task_map=task_map, donate=False)
+        counts[task_map] = bench.jaxpr_flops(w.step, w.state, w.batch)
+    # A loop over 3 tasks counts its body 3 times: the same total as the vmapped step.
+    assert counts["map"] == pytest.approx(counts["vmap"], rel=1e-9)
+    assert counts["map"][1] and counts["map"][0] > 0
 
 
 def test_cost_analysis_counts_a_matmul():
