@@ -11,6 +11,11 @@ by a loop over tasks with im2col convolutions); ``--conv-task-map unroll`` (or `
 
     python benchmarks/compare_peers.py                       # every workload, 2 rounds
     python benchmarks/compare_peers.py --workloads maml_omniglot_5w1s,maml_sinusoid --rounds 3
+    python benchmarks/compare_peers.py --device cuda --peers-python python3   # on a GPU
+
+``--device cpu`` (the default) keeps jmeta on JAX's CPU backend (``JAX_PLATFORMS=cpu``) and the
+peers on PyTorch's CPU; ``--device cuda`` runs jmeta on JAX's default accelerator and the peers
+with ``run_peer.py --device cuda``.
 
 Writes benchmarks/results/<hardware>/peers.json and peers.md (or under --out).
 """
@@ -31,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
 
 from _workloads import LIBRARIES, load_workloads, support  # noqa: E402
 
-from jmeta.bench import cpu_model, hardware_name  # noqa: E402
+from jmeta.bench import cpu_model  # noqa: E402
 
 
 def _last_json(text: str) -> dict | None:
@@ -71,10 +76,12 @@ def _run(cmd: list[str], env: dict, timeout: float) -> dict:
     return row
 
 
-def _env(threads: int) -> dict:
+def _env(threads: int, device: str = "cpu") -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
+    if device == "cpu":  # on an accelerator machine too: both sides on the CPU
+        env["JAX_PLATFORMS"] = "cpu"
     return env
 
 
@@ -85,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu: JAX's CPU backend and PyTorch CPU; cuda: both on the GPU")
     ap.add_argument("--timeout", type=float, default=900.0, help="per process, seconds")
     ap.add_argument("--conv-task-map", default="",
                     help="jmeta's task map for conv4 workloads ('' = the backend default)")
@@ -101,8 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.peers_python).exists():
         ap.error(f"{args.peers_python} not found: run `bash benchmarks/peers/setup.sh` first "
                  "(or `make bench-peers`, which does).")
-    env = _env(args.threads)
+    env = _env(args.threads, args.device)
+    # The hardware's name comes from a child process, as every measurement does: JAX in this
+    # process would hold GPU memory for the whole sitting.
+    info = _run([sys.executable, "-m", "jmeta.bench", "_info", "--peak-n", "0"], env, args.timeout)
+    if "hardware" not in info:
+        raise SystemExit(f"compare_peers.py: could not start JAX ({info.get('error')}).")
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / info["hardware"]
+    out.mkdir(parents=True, exist_ok=True)
+    # The commit of the code being measured, read once before the first run.
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip() or "unknown"
+    meta = {"date": datetime.date.today().isoformat(), "commit": commit, "threads": args.threads,
+            "rounds": args.rounds, "reps": args.reps, "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(), "device": args.device}
     runs: dict[str, dict[str, list[dict]]] = {n: {} for n in names}
+    text = ""
     for r in range(args.rounds):
         for name in names:
             variant = name
@@ -115,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                     jobs.append((lib, [args.peers_python, "benchmarks/peers/run_peer.py",
                                        "--library", lib, "--workload", name,
                                        "--threads", str(args.threads),
+                                       "--device", args.device,
                                        "--reps", str(args.reps)]))
             for lib, cmd in jobs:
                 row = _run(cmd, env, args.timeout)
@@ -123,38 +147,54 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r + 1}/{args.rounds} {name:28s} {lib:12s} "
                       + (f"{sps:10.3f} steps/s" if sps else f"error: {row.get('error')}"),
                       flush=True)
+                # Rewritten after every run: a sitting stopped midway keeps what it measured.
+                text = write(out, meta, summarize(runs, table), runs, libraries, rounds=r + 1)
+    print(text)
+    return 0
 
+
+def summarize(runs: dict[str, dict[str, list[dict]]], table: dict[str, dict]) -> list[dict]:
+    """Per workload: each library's median meta-steps/s over its runs, and jmeta's ratio to
+    the fastest peer (``None`` until both sides have a measurement)."""
     summary = []
-    for name in names:
+    for name, per_run in runs.items():
+        if not per_run:
+            continue
         per_lib = {}
-        for lib, rows in runs[name].items():
+        for lib, rows in per_run.items():
             ok = [x["steps_per_sec"] for x in rows if x.get("steps_per_sec")]
             per_lib[lib] = statistics.median(ok) if ok else None
         peers = {k: v for k, v in per_lib.items() if k != "jmeta" and v}
         best = max(peers, key=peers.get) if peers else None
         ratio = (per_lib.get("jmeta") / peers[best]) if best and per_lib.get("jmeta") else None
-        compile_s = [x.get("compile_s") for x in runs[name].get("jmeta", []) if x.get("compile_s")]
-        jm = next((x for x in runs[name].get("jmeta", []) if x.get("task_map")), {})
+        compile_s = [x.get("compile_s") for x in per_run.get("jmeta", []) if x.get("compile_s")]
+        jm = next((x for x in per_run.get("jmeta", []) if x.get("task_map")), {})
         how = jm.get("task_map", "") + (f", {jm['conv_impl']}" if jm.get("conv_impl") else "")
         summary.append({"workload": name, "steps_per_sec": per_lib, "fastest_peer": best,
                         "jmeta_task_map": how,
                         "ratio_vs_fastest_peer": ratio,
                         "jmeta_compile_s": statistics.median(compile_s) if compile_s else None,
                         "meta_batch": table[name]["meta_batch"]})
+    return summary
 
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / hardware_name()
-    out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip() or "unknown"
-    meta = {"date": datetime.date.today().isoformat(), "commit": commit, "threads": args.threads,
-            "rounds": args.rounds, "reps": args.reps, "cpu_count": os.cpu_count(),
-            "cpu_model": cpu_model()}
+
+def write(out: Path, meta: dict, summary: list[dict], runs: dict, libraries: list[str], *,
+          rounds: int) -> str:
+    """Writes ``peers.json`` and ``peers.md`` into ``out``; returns the Markdown."""
+    meta = dict(meta, rounds_done=rounds)
+    if meta["device"] == "cuda":
+        names_seen = {row.get("device") for lib_rows in runs.values() for rows in lib_rows.values()
+                      for row in rows if row.get("device") and row.get("device") != "cpu"}
+        meta["gpu"] = ", ".join(sorted(names_seen)) or "unknown"
     (out / "peers.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs},
                                                indent=1))
     libs = ["jmeta"] + libraries
-    lines = [f"jmeta and the PyTorch peers, meta-steps per second (median over {args.rounds} "
-             f"alternating rounds, each the median of {args.reps} repetitions), "
-             f"{args.threads} threads, {meta['cpu_model']}, commit {commit}, {meta['date']}.", "",
+    lines = [f"jmeta and the PyTorch peers, meta-steps per second (median over {rounds} "
+             f"alternating rounds, each the median of {meta['reps']} repetitions), "
+             + (f"on {meta['gpu']} (PyTorch with --device cuda, JAX's default backend), "
+                if meta["device"] == "cuda" else "")
+             + f"{meta['threads']} threads, {meta['cpu_model']}, commit {meta['commit']}, "
+             f"{meta['date']}.", "",
              "| workload | " + " | ".join(libs) + " | jmeta / fastest peer | jmeta compile (s) "
              "| jmeta task map, conv |",
              "|---|" + "---|" * (len(libs) + 3)]
@@ -166,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         comp = f"{s['jmeta_compile_s']:.1f}" if s["jmeta_compile_s"] else "-"
         lines.append(f"| {s['workload']} | " + " | ".join(cells) + f" | {ratio} | {comp} "
                      f"| {s.get('jmeta_task_map') or '-'} |")
-    (out / "peers.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    text = "\n".join(lines) + "\n"
+    (out / "peers.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":

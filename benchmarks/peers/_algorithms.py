@@ -110,7 +110,7 @@ def _l2l_gradient(spec, tasks, model):
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        total = torch.zeros(())
+        total = torch.zeros((), device=tasks.device)
         for t in range(T):
             xs, ys, xq, yq = tasks.xs[t], tasks.ys[t], tasks.xq[t], tasks.yq[t]
             if anil:  # body features once per task, inner loop on the head only
@@ -136,7 +136,7 @@ def _l2l_reptile(spec, tasks, model):
     g = torch.Generator().manual_seed(2)
 
     def step() -> float:
-        idx = reptile_indices(g, T, tasks.xs.shape[1], steps, batch)
+        idx = reptile_indices(g, T, tasks.xs.shape[1], steps, batch).to(tasks.device)
         sum_delta = [torch.zeros_like(p) for p in model.parameters()]
         total = 0.0
         for t in range(T):
@@ -175,7 +175,7 @@ def _higher_gradient(spec, tasks, model):
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        total = torch.zeros(())
+        total = torch.zeros((), device=tasks.device)
         for t in range(T):
             xs, ys, xq, yq = tasks.xs[t], tasks.ys[t], tasks.xq[t], tasks.yq[t]
             if anil:
@@ -210,7 +210,7 @@ def _higher_reptile(spec, tasks, model):
     g = torch.Generator().manual_seed(2)
 
     def step() -> float:
-        idx = reptile_indices(g, T, tasks.xs.shape[1], steps, batch)
+        idx = reptile_indices(g, T, tasks.xs.shape[1], steps, batch).to(tasks.device)
         sum_delta = [torch.zeros_like(p) for p in model.parameters()]
         total = 0.0
         for t in range(T):
@@ -324,8 +324,8 @@ def _torchfunc_reptile(spec, tasks, model):
         return {k: fast[k] - params[k] for k in fast}, first
 
     def step() -> float:
-        idx = reptile_indices(g, T, tasks.xs.shape[1], steps, batch)
-        rows = torch.arange(T)[:, None, None]
+        idx = reptile_indices(g, T, tasks.xs.shape[1], steps, batch).to(tasks.device)
+        rows = torch.arange(T, device=tasks.device)[:, None, None]
         xb, yb = tasks.xs[rows, idx], tasks.ys[rows, idx]  # [T, steps, batch, ...]
         params = {k: p.detach() for k, p in model.named_parameters()}
         deltas, first = vmap(adapt, in_dims=(None, 0, 0))(params, xb, yb)
@@ -342,11 +342,11 @@ def _torchfunc_reptile(spec, tasks, model):
 def _torch_protonets(spec, tasks, model):
     ways, T = spec["ways"], tasks.num_tasks
     opt = torch.optim.Adam(model.parameters(), lr=META_LR)
-    eye = torch.eye(ways)
+    eye = torch.eye(ways, device=tasks.device)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        total = torch.zeros(())
+        total = torch.zeros((), device=tasks.device)
         for t in range(T):
             es, eq = model(tasks.xs[t]), model(tasks.xq[t])
             one_hot = eye[tasks.ys[t]]  # [S, ways]

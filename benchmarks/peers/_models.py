@@ -121,10 +121,11 @@ class Tasks:
     Images: ``torch.randn`` inputs ``[tasks, ways * n, C, H, W]``, labels ``arange(ways)``
     repeated ``n`` times. Sinusoid: x ~ U(-5, 5), y = A sin(x - phase) with A ~ U(0.1, 5) and
     phase ~ U(0, pi) per task, shapes ``[tasks, n, 1]``. Every task has its own inputs; the same
-    tensors are reused at every meta-step (no data pipeline in the measurement).
+    tensors are reused at every meta-step (no data pipeline in the measurement). They are drawn
+    on the CPU (the same values on every device) and then moved to ``device``.
     """
 
-    def __init__(self, spec: dict, *, seed: int = 1):
+    def __init__(self, spec: dict, *, seed: int = 1, device: str | torch.device = "cpu"):
         g = torch.Generator().manual_seed(seed)
         tasks, ways, shots, queries = spec["meta_batch"], spec["ways"], spec["shots"], spec["queries"]
         self.classification = spec["model"] != "mlp"
@@ -142,8 +143,9 @@ class Tasks:
             def make(n):
                 x = torch.empty(tasks, ways * n, 1).uniform_(-5.0, 5.0, generator=g)
                 return x, amp * torch.sin(x - phase)
-        self.xs, self.ys = make(shots)
-        self.xq, self.yq = make(queries)
+        self.device = torch.device(device)
+        self.xs, self.ys = (t.to(self.device) for t in make(shots))
+        self.xq, self.yq = (t.to(self.device) for t in make(queries))
         self.num_tasks = tasks
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

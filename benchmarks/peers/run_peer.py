@@ -3,12 +3,15 @@
 
     .venv-peers/bin/python benchmarks/peers/run_peer.py --library learn2learn \\
         --workload maml_omniglot_5w1s [--threads 2] [--warmup 2] [--reps 5] \\
-        [--steps-per-rep N] [--json OUT]
+        [--steps-per-rep N] [--device cpu|cuda] [--json OUT]
     .venv-peers/bin/python benchmarks/peers/run_peer.py --list
     .venv-peers/bin/python benchmarks/peers/run_peer.py --versions
 
 Prints one JSON object (and writes it to ``--json OUT`` if given). An unsupported (library,
 workload) pair prints ``{"supported": false, "reason": ...}`` and exits 0. See README.md.
+``--device cuda`` runs the model and the fixed task batch on the GPU (each meta-step ends by
+reading its loss back to the host, so every step is complete when it is timed) and reports the
+peak GPU memory that PyTorch allocated.
 
 learn2learn 0.2.0 imports torchvision at import time, and no torchvision wheel works with the
 torch 2.13 CPU build of ``.venv-peers``: :func:`stub_torchvision` puts an empty stand-in
@@ -117,26 +120,44 @@ def peak_rss_mb() -> float:
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 
 
+def device_of(name: str):
+    """The ``torch.device`` for ``--device``; a clear error when CUDA is asked for and absent."""
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"run_peer.py: --device cuda, but torch {torch.__version__} sees no GPU "
+                         f"(torch.version.cuda={torch.version.cuda}); use --device cpu.")
+    return torch.device(name)
+
+
 def run(library: str, name: str, spec: dict, *, threads: int, warmup: int, reps: int,
-        steps_per_rep: int | None, seed: int = 0) -> dict:
+        steps_per_rep: int | None, seed: int = 0, device: str = "cpu") -> dict:
     import torch
 
     torch.set_num_threads(threads)
+    dev = device_of(device)
     _, version = import_library(library)
     from _algorithms import make_step, needs_composite_bn
     from _models import Tasks, build_model
 
-    tasks = Tasks(spec)
+    tasks = Tasks(spec, device=dev)
     model = build_model(spec, seed=seed, embedding=spec["algorithm"] == "protonets",
-                        composite_bn=needs_composite_bn(library, spec))
+                        composite_bn=needs_composite_bn(library, spec)).to(dev)
     step = make_step(library, spec, tasks, model)
+    cuda = dev.type == "cuda"
 
     losses = []
+    def sync() -> None:  # a step may leave its last updates queued on the GPU
+        if cuda:
+            torch.cuda.synchronize(dev)
+
     for _ in range(warmup):
         losses.append(step())
+    sync()
     if steps_per_rep is None:
         t0 = time.perf_counter()
         losses.append(step())
+        sync()
         dt = time.perf_counter() - t0
         steps_per_rep = max(1, round(TARGET_REP_SECONDS / max(dt, 1e-9)))
     rates = []
@@ -144,9 +165,12 @@ def run(library: str, name: str, spec: dict, *, threads: int, warmup: int, reps:
         t0 = time.perf_counter()
         for _ in range(steps_per_rep):
             losses.append(step())
+        sync()
         rates.append(steps_per_rep / (time.perf_counter() - t0))
     median = statistics.median(rates) if rates else float("nan")
     return {
+        "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+        "peak_device_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if cuda else None,
         "library": library,
         "library_version": version,
         "torch_version": torch.__version__,
@@ -188,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps-per-rep", type=int, default=None,
                     help=f"meta-steps per repetition (default: ~{TARGET_REP_SECONDS:g} s worth, "
                          "from one timed step after warm-up)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where the model and the task batch live (default cpu)")
     ap.add_argument("--seed", type=int, default=0, help="torch.manual_seed before building the model")
     ap.add_argument("--json", dest="json_out", help="also write the JSON object to this file")
     ap.add_argument("--list", action="store_true", help="print the supported (library, workload) pairs")
@@ -224,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
               "reason": reason}, args.json_out)
         return 0
     emit(run(args.library, args.workload, spec, threads=args.threads, warmup=args.warmup,
-             reps=args.reps, steps_per_rep=args.steps_per_rep, seed=args.seed), args.json_out)
+             reps=args.reps, steps_per_rep=args.steps_per_rep, seed=args.seed,
+             device=args.device), args.json_out)
     return 0
 
 
