@@ -401,7 +401,8 @@ def jaxpr_flops(fn, *args, **kwargs) -> tuple[float, bool]:
     size) x (kernel window x kernel input features), padding included. A ``lax.scan`` (and so
     ``lax.map`` and rolled inner loops) counts its body ``length`` times, a ``cond`` its
     costliest branch; ``exact`` is False when a ``while_loop`` with a run-time trip count is
-    present (its body is counted once). Elementwise work is not counted: the figure is the one
+    present (its body is counted once). Work that ``jax.checkpoint`` (remat) recomputes in the
+    backward pass counts again: the figure is the work done, not the model's FLOPs. Elementwise work is not counted: the figure is the one
     to hold against a matmul peak, on any backend. XLA's cost analysis (:func:`cost_flops`)
     counts a loop's body once instead, and XLA may drop work that is computed twice.
 
