@@ -402,9 +402,10 @@ def jaxpr_flops(fn, *args, **kwargs) -> tuple[float, bool]:
     ``lax.map`` and rolled inner loops) counts its body ``length`` times, a ``cond`` its
     costliest branch; ``exact`` is False when a ``while_loop`` with a run-time trip count is
     present (its body is counted once). Work that ``jax.checkpoint`` (remat) recomputes in the
-    backward pass counts again: the figure is the work done, not the model's FLOPs. Elementwise work is not counted: the figure is the one
-    to hold against a matmul peak, on any backend. XLA's cost analysis (:func:`cost_flops`)
-    counts a loop's body once instead, and XLA may drop work that is computed twice.
+    backward pass counts again: the figure is the work done, not the model's FLOPs. Elementwise
+    work is not counted: the figure is the one to hold against a matmul peak, on any backend.
+    XLA's cost analysis (:func:`cost_flops`) counts a loop's body once instead, and XLA may drop
+    work that is computed twice.
 
     Example:
       >>> import jax, jax.numpy as jnp
