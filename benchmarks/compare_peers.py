@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
 
 from _workloads import LIBRARIES, load_workloads, support  # noqa: E402
 
-from jmeta.bench import cpu_model  # noqa: E402
+from jmeta.bench import _git_commit, cpu_model  # noqa: E402
 
 
 def _last_json(text: str) -> dict | None:
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / info["hardware"]
     out.mkdir(parents=True, exist_ok=True)
     # The commit of the code being measured, read once before the first run.
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip() or "unknown"
+    commit = _git_commit()
     meta = {"date": datetime.date.today().isoformat(), "commit": commit, "threads": args.threads,
             "rounds": args.rounds, "reps": args.reps, "cpu_count": os.cpu_count(),
             "cpu_model": cpu_model(), "device": args.device}

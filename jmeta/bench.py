@@ -388,8 +388,8 @@ def _jaxpr_flops(jaxpr) -> tuple[float, bool]:
         if name == "cond":  # one branch runs: the costliest
             total += max(c[0] for c in counts)
         else:  # scan (length times), jit, remat, custom_jvp / custom_vjp calls (once)
-            total += eqn.params.get("length", 1) * sum(c[0] for c in counts) \
-                if name == "scan" else sum(c[0] for c in counts)
+            times = eqn.params["length"] if name == "scan" else 1
+            total += times * sum(c[0] for c in counts)
     return total, exact
 
 
@@ -616,9 +616,10 @@ def run_workload(name: str, spec: dict, *, reps: int, min_rep_s: float, task_map
     jax.block_until_ready((state, batch))
 
     t = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    traced = step.trace(state, batch)  # one trace: compiled here, its FLOPs counted below
+    compiled = traced.lower().compile()
     compile_s = time.perf_counter() - t
-    flops, exact = jaxpr_flops(step, state, batch)
+    flops, exact = _jaxpr_flops(traced.jaxpr.jaxpr)
     xla_flops = cost_flops(compiled)
 
     holder = {"state": state}
