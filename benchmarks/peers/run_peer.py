@@ -9,9 +9,9 @@
 
 Prints one JSON object (and writes it to ``--json OUT`` if given). An unsupported (library,
 workload) pair prints ``{"supported": false, "reason": ...}`` and exits 0. See README.md.
-``--device cuda`` runs the model and the fixed task batch on the GPU (each meta-step ends by
-reading its loss back to the host, so every step is complete when it is timed) and reports the
-peak GPU memory that PyTorch allocated.
+``--device cuda`` runs the model and the fixed task batch on the GPU (each timed repetition ends
+with ``torch.cuda.synchronize()``, so no step's work is left queued) and reports the peak GPU
+memory that PyTorch allocated.
 
 learn2learn 0.2.0 imports torchvision at import time, and no torchvision wheel works with the
 torch 2.13 CPU build of ``.venv-peers``: :func:`stub_torchvision` puts an empty stand-in
@@ -147,6 +147,7 @@ def run(library: str, name: str, spec: dict, *, threads: int, warmup: int, reps:
     cuda = dev.type == "cuda"
 
     losses = []
+
     def sync() -> None:  # a step may leave its last updates queued on the GPU
         if cuda:
             torch.cuda.synchronize(dev)
