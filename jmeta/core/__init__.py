@@ -6,6 +6,7 @@ from jmeta.core._inner import default_inner_unroll as default_inner_unroll
 from jmeta.core._inner import inner_loop as inner_loop
 from jmeta.core._inner import support_minibatches as support_minibatches
 from jmeta.core._inner import mse_loss as mse_loss
+from jmeta.core._inner import rule_learns as rule_learns
 from jmeta.core._meta import TASK_MAPS as TASK_MAPS
 from jmeta.core._meta import MetaLearner as MetaLearner
 from jmeta.core._meta import default_task_map as default_task_map
@@ -24,3 +25,11 @@ from jmeta.core._types import TaskBatch as TaskBatch
 from jmeta.core._types import num_tasks as num_tasks
 from jmeta.core._losses import accuracy as accuracy
 from jmeta.core._losses import cross_entropy_loss as cross_entropy_loss
+from jmeta.core._checks import check_bool as check_bool
+from jmeta.core._checks import check_choice as check_choice
+from jmeta.core._checks import check_int as check_int
+from jmeta.core._checks import check_number as check_number
+from jmeta.core._checks import check_range as check_range
+from jmeta.core._checks import check_rate as check_rate
+from jmeta.core._registry import ConfigError as ConfigError
+from jmeta.core._registry import Registry as Registry

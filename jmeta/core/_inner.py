@@ -7,6 +7,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jmeta.core._checks import check_int
 from jmeta.core._tree import combine, partition
 from jmeta.core._types import Batch, Params, PRNGKey, PyTree
 
@@ -92,37 +93,55 @@ class InnerRule(NamedTuple):
     needs_loss: bool = False
 
 
+def rule_learns(rule: InnerRule, init: Callable[[PRNGKey], Params]) -> bool:
+    """Whether ``rule`` has learnable pieces for the parameters that ``init`` makes (found on
+    shapes alone: nothing is computed).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jmeta.inner import meta_sgd, sgd
+      >>> init = lambda key: {"w": jnp.zeros(3)}
+      >>> rule_learns(sgd(0.1), init), rule_learns(meta_sgd(0.1), init)
+      (False, True)
+    """
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    return bool(jax.tree.leaves(jax.eval_shape(rule.init_meta, jax.random.key(0), shapes)))
+
+
 def inner_loop(
-    loss_fn: Callable[[Params, Batch], jax.Array],
+    loss_fn: Callable[..., jax.Array],
     rule: InnerRule,
     params: Params,
     rule_meta: RuleMeta,
     support: Batch,
-    num_steps: int,
+    inner_steps: int,
     *,
     first_order: bool = False,
     remat: bool = False,
     mask: PyTree | None = None,
-    eval_fn: Callable[[Params], PyTree] | None = None,
+    eval_fn: Callable[..., PyTree] | None = None,
     per_step_batches: bool = False,
     unroll: bool = False,
     truncate: int | None = None,
+    with_step: bool = False,
 ) -> tuple[Params, dict]:
-    """Adapts ``params`` to one task: ``num_steps`` steps of ``rule`` on the support loss.
+    """Adapts ``params`` to one task: ``inner_steps`` steps of ``rule`` on the support loss.
 
     Written for ONE task; map it over tasks with :func:`jmeta.core.map_tasks`. The loop is a
-    ``lax.scan`` of static length, so compile time does not grow with ``num_steps``.
+    ``lax.scan`` of static length, so compile time does not grow with ``inner_steps``.
 
     Args:
-      loss_fn: ``(params, batch) -> scalar`` loss of the full parameter tree on a batch.
+      loss_fn: ``(params, batch) -> scalar`` loss of the full parameter tree on a batch; with
+        ``with_step``, ``(params, batch, step) -> scalar`` where ``step`` (a traced int32,
+        0-based) is the inner step being taken.
       rule: the inner update rule; a rule with ``needs_loss`` also receives each step's support
         loss (see :class:`InnerRule`).
       params: the starting parameters (the meta-learned initialisation).
       rule_meta: the learnable pieces of ``rule`` (``()`` for none).
       support: the batch to adapt on; with ``per_step_batches`` its leaves carry a leading
-        axis of length ``num_steps`` and step ``t`` uses ``support[t]`` (minibatches, as
+        axis of length ``inner_steps`` and step ``t`` uses ``support[t]`` (minibatches, as
         Reptile's inner loop; see :func:`support_minibatches`).
-      num_steps: number of inner steps (a Python int, >= 0).
+      inner_steps: number of inner steps (a Python int, >= 0).
       first_order: stop gradients through the inner gradients (first-order MAML); the
         meta-gradient then ignores second-derivative terms.
       remat: wrap each step in ``jax.checkpoint``: backprop through the loop stores only each
@@ -133,22 +152,25 @@ def inner_loop(
       mask: a boolean pytree like ``params``; only ``True`` leaves are adapted (ANIL adapts the
         head only). ``None`` adapts everything.
       eval_fn: optional ``params -> pytree`` evaluated after every step (for example the query
-        loss); its values are stacked along a leading step axis in the returned trace.
+        loss); with ``with_step``, ``(params, steps_taken) -> pytree``. Its values are stacked
+        along a leading step axis in the returned trace.
       per_step_batches: ``support`` holds one batch per step (see above).
       unroll: unroll the loop into straight-line code when it has at most
         :data:`MAX_UNROLLED_STEPS` steps (faster convolutions on CPU, see
         :func:`default_inner_unroll`); values are the same either way.
       truncate: truncated backpropagation for long inner loops: ``None`` (the default)
-        backpropagates through every step; a positive int ``k < num_steps`` backpropagates
-        through the last ``k`` steps only. The first ``num_steps - k`` steps run as a separate
+        backpropagates through every step; a positive int ``k < inner_steps`` backpropagates
+        through the last ``k`` steps only. The first ``inner_steps - k`` steps run as a separate
         scan on stopped gradients, so backprop stores nothing for them, and the carry entering
         the last ``k`` steps is a constant for the rule's meta-parameters, the frozen
         parameters and the rule's state. The initialisation ``params`` keeps a gradient: the
         truncated prefix passes the gradient of its output through to it unchanged, as
         first-order MAML treats the whole loop (with a plain stop-gradient the initialisation
-        would never be meta-learned). ``k >= num_steps`` is the full loop, exactly. Values
+        would never be meta-learned). ``k >= inner_steps`` is the full loop, exactly. Values
         (adapted parameters, trace) are the same for every ``truncate``; only gradients
         change. Trace entries of the prefix (``eval_fn`` values, say) carry no gradient.
+      with_step: pass the step index to ``loss_fn`` and ``eval_fn`` (schedules inside the inner
+        loop, such as MAML++'s per-step BatchNorm weights or minibatches chosen by step).
 
     Returns:
       ``(adapted_params, trace)`` where ``trace["support_loss"][t]`` is the support loss before
@@ -159,7 +181,7 @@ def inner_loop(
       >>> from jmeta.inner import sgd
       >>> loss = lambda p, b: jnp.mean((p["w"] * b.x - b.y) ** 2)
       >>> p, trace = inner_loop(loss, sgd(0.1), {"w": jnp.zeros(())}, (),
-      ...                       Batch(jnp.ones(4), jnp.ones(4)), num_steps=3)
+      ...                       Batch(jnp.ones(4), jnp.ones(4)), inner_steps=3)
       >>> trace["support_loss"].shape
       (3,)
       >>> # Each step maps w to 0.98 w + 0.02; backprop through the last 2 of 50 steps only:
@@ -171,28 +193,26 @@ def inner_loop(
       True
       >>> [round(float(jax.grad(adapted_w)(0.0, k)), 4) for k in (None, 2)]  # 0.98**50, 0.98**2
       [0.3642, 0.9604]
+      >>> # The step index: a (flat) loss whose weight doubles at every step.
+      >>> scaled = lambda p, b, t: (2.0 ** t) * (1.0 + 0.0 * p["w"])
+      >>> _, trace = inner_loop(scaled, sgd(0.1), {"w": jnp.zeros(())}, (),
+      ...                       Batch(jnp.ones(4), jnp.ones(4)), 3, with_step=True)
+      >>> trace["support_loss"].tolist()
+      [1.0, 2.0, 4.0]
     """
-    if not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(
-            f"num_steps must be a non-negative Python int (it fixes the scan length); got "
-            f"{num_steps!r}."
-        )
-    if truncate is not None and (
-        isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < 1
-    ):
-        raise ValueError(
-            f"truncate must be None (backprop through every step) or a positive int, the "
-            f"number of last steps to backprop through; got {truncate!r}."
-        )
+    check_int("inner_loop: inner_steps (it fixes the scan length)", inner_steps, 0)
+    if truncate is not None:
+        check_int("inner_loop: truncate (None backprops through every step, k the last k "
+                  "steps)", truncate, 1)
     if per_step_batches:
         lengths = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(support)}
-        if lengths != {num_steps}:
+        if lengths != {inner_steps}:
             raise ValueError(
-                f"per_step_batches needs support leaves with a leading axis of num_steps="
-                f"{num_steps}; got leading sizes {sorted(map(str, lengths))}."
+                f"per_step_batches needs support leaves with a leading axis of inner_steps="
+                f"{inner_steps}; got leading sizes {sorted(map(str, lengths))}."
             )
     adapted, frozen = partition(params, mask)
-    full_unroll = bool(unroll) and num_steps <= MAX_UNROLLED_STEPS
+    full_unroll = bool(unroll) and inner_steps <= MAX_UNROLLED_STEPS
 
     def run(carry, xs, length, rule_meta, frozen):
         """``length`` steps of the rule from ``carry`` as one scan."""
@@ -200,10 +220,12 @@ def inner_loop(
         def full(a):
             return combine(a, frozen)
 
-        def step(carry, batch):
+        def step(carry, xs):
             a, state = carry
+            batch, t = xs if with_step else (xs, None)
             batch = batch if per_step_batches else support
-            loss, grads = jax.value_and_grad(lambda a_: loss_fn(full(a_), batch))(a)
+            extra = (t,) if with_step else ()
+            loss, grads = jax.value_and_grad(lambda a_: loss_fn(full(a_), batch, *extra))(a)
             if first_order:
                 grads = jax.lax.stop_gradient(grads)
             if rule.needs_loss:
@@ -213,7 +235,7 @@ def inner_loop(
             a = jax.tree.map(lambda p, u: p + u.astype(p.dtype), a, updates)
             out = {"support_loss": loss}
             if eval_fn is not None:
-                out["eval"] = eval_fn(full(a))
+                out["eval"] = eval_fn(full(a), *(t + 1 for t in extra))
             return (a, state), out
 
         if remat:
@@ -221,20 +243,22 @@ def inner_loop(
         return jax.lax.scan(step, carry, xs, length=length, unroll=full_unroll or 1)
 
     xs = support if per_step_batches else None
+    if with_step:
+        xs = (xs, jnp.arange(inner_steps, dtype=jnp.int32))
     carry = (adapted, rule.init(adapted))
-    if truncate is None or truncate >= num_steps:
-        (adapted, _), trace = run(carry, xs, num_steps, rule_meta, frozen)
+    if truncate is None or truncate >= inner_steps:
+        (adapted, _), trace = run(carry, xs, inner_steps, rule_meta, frozen)
         return combine(adapted, frozen), trace
 
-    head = num_steps - truncate
-    split = (lambda lo, hi: jax.tree.map(lambda x: x[lo:hi], xs)) if per_step_batches else None
+    head = inner_steps - truncate
+    split = (lambda lo, hi: jax.tree.map(lambda x: x[lo:hi], xs)) if xs is not None else None
     stop = jax.lax.stop_gradient
     (a_head, state), trace_head = run(
         stop(carry), split(0, head) if split else None, head, stop(rule_meta), stop(frozen)
     )
     a_head = jax.tree.map(_pass_gradient, adapted, a_head)
     (adapted, _), trace_tail = run(
-        (a_head, state), split(head, num_steps) if split else None, truncate, rule_meta, frozen
+        (a_head, state), split(head, inner_steps) if split else None, truncate, rule_meta, frozen
     )
     trace = jax.tree.map(lambda h, t: jnp.concatenate([h, t]), trace_head, trace_tail)
     return combine(adapted, frozen), trace
@@ -259,11 +283,11 @@ def _pass_gradient_bwd(_, g):
 _pass_gradient.defvjp(_pass_gradient_fwd, _pass_gradient_bwd)
 
 
-def support_minibatches(key: PRNGKey, support: Batch, num_steps: int, batch_size: int) -> Batch:
-    """``num_steps`` minibatches of ``batch_size`` examples drawn from ``support`` without
+def support_minibatches(key: PRNGKey, support: Batch, inner_steps: int, batch_size: int) -> Batch:
+    """``inner_steps`` minibatches of ``batch_size`` examples drawn from ``support`` without
     replacement, reshuffling whenever the set is used up (Reptile's inner-loop batches).
 
-    Returns a :class:`Batch` whose leaves have a leading axis of ``num_steps``; pass it to
+    Returns a :class:`Batch` whose leaves have a leading axis of ``inner_steps``; pass it to
     :func:`inner_loop` with ``per_step_batches=True``.
 
     Example:
@@ -277,10 +301,10 @@ def support_minibatches(key: PRNGKey, support: Batch, num_steps: int, batch_size
     n = jax.tree.leaves(support)[0].shape[0]
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size must be 1..{n} (the support size); got {batch_size}.")
-    epochs = -(-num_steps * batch_size // n)
+    epochs = -(-inner_steps * batch_size // n)
     keys = jax.random.split(key, epochs)
     order = jnp.concatenate([jax.random.permutation(k, n) for k in keys])
-    idx = order[: num_steps * batch_size].reshape(num_steps, batch_size)
+    idx = order[: inner_steps * batch_size].reshape(inner_steps, batch_size)
     return jax.tree.map(lambda leaf: leaf[idx], support)
 
 

@@ -156,19 +156,26 @@ class MetaLearner(NamedTuple):
 
     Attributes:
       init: ``key -> meta_params``.
-      adapt: ``(meta_params, support, *, num_steps=None, key=None, eval_fn=None) ->
-        (task_params, trace)``: the inner loop for one task (``num_steps`` defaults to the
+      adapt: ``(meta_params, support, *, inner_steps=None, key=None, eval_fn=None) ->
+        (task_params, trace)``: the inner loop for one task (``inner_steps`` defaults to the
         training value).
       predict: ``(task_params, x) -> outputs``.
       task_grad: ``(meta_params, episode, key) -> (meta_grad, metrics)`` for one task; the
         meta-step averages it over tasks. For MAML it is the gradient of the query loss after
         adaptation; for Reptile it is ``meta_params - adapted_params``.
       family: model family (``"dense"`` or ``"conv"``), used to choose the task-mapping default.
-      num_steps: the number of inner steps used in training.
+      inner_steps: the number of inner steps used in training (0 for a closed-form learner).
       uses_step: when ``True``, ``task_grad`` also receives the meta-step counter as
         ``task_grad(meta_params, episode, key, step)`` (a traced int32 scalar, the same for all
         tasks): for schedules inside the meta-gradient, such as MAML++'s loss weights and
         derivative-order annealing.
+      any_ways: its classifier is built from the support set (ProtoNets, Matching Networks,
+        R2-D2, the transfer baselines), so it can be tested on episodes of any number of classes;
+        ``False`` for a learner with a ``ways``-sized head.
+      class_batches: ``None`` for a learner meta-trained on episodes; an int ``b`` for one
+        pre-trained as a classifier over all base classes on batches of ``b`` examples with
+        their global labels in ``episode.query`` (the transfer baselines,
+        :func:`jmeta.data.class_batch_sampler`).
     """
 
     init: Callable[[PRNGKey], Params]
@@ -176,8 +183,10 @@ class MetaLearner(NamedTuple):
     predict: Callable[[Params, jax.Array], jax.Array]
     task_grad: Callable[[Params, Episode, PRNGKey], tuple[Params, dict]]
     family: str
-    num_steps: int
+    inner_steps: int
     uses_step: bool = False
+    any_ways: bool = False
+    class_batches: int | None = None
 
 
 def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, key: PRNGKey) -> MetaState:
@@ -187,7 +196,7 @@ def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, ke
       >>> import jax, optax
       >>> from jmeta.algorithms import maml
       >>> from jmeta.models import mlp
-      >>> learner = maml(mlp(1, 1, hidden=(8,)), inner_lr=0.01, num_steps=1)
+      >>> learner = maml(mlp(1, 1, hidden=(8,)), inner_lr=0.01, inner_steps=1)
       >>> state = init_state(learner, optax.adam(1e-3), jax.random.key(0))
       >>> int(state.step)
       0
@@ -266,7 +275,7 @@ def make_meta_step(
       >>> from jmeta.algorithms import maml
       >>> from jmeta.data import sinusoid_sampler
       >>> from jmeta.models import mlp
-      >>> learner = maml(mlp(1, 1, hidden=(8,)), inner_lr=0.01, num_steps=1)
+      >>> learner = maml(mlp(1, 1, hidden=(8,)), inner_lr=0.01, inner_steps=1)
       >>> tx = optax.adam(1e-3)
       >>> step = make_meta_step(learner, tx, sampler=sinusoid_sampler(num_tasks=4, k_shot=5))
       >>> state, metrics = step(init_state(learner, tx, jax.random.key(0)))

@@ -1,6 +1,6 @@
 """Download and verification of the source archives of the few-shot datasets.
 
-Each dataset is described by a :class:`DatasetSpec` in :data:`DATASETS`: the archives it needs,
+Each dataset is described by a :class:`DatasetSpec` in :data:`ARCHIVES`: the archives it needs,
 where they come from, their published checksums, and how to place them by hand on a machine
 without network access. :func:`download` fetches what is missing, resumes partial downloads,
 checks every byte against the published digest before a file gets its final name, and extracts
@@ -40,7 +40,7 @@ from jmeta.data._dataset import data_dir as _resolve_data_dir
 
 __all__ = [
     "ArchiveSpec",
-    "DATASETS",
+    "ARCHIVES",
     "DatasetSpec",
     "DownloadError",
     "download",
@@ -147,7 +147,7 @@ class DatasetSpec:
         directory), any one of which, complete, makes the dataset present.
 
     Example:
-      >>> DATASETS["omniglot"].name, [a.filename for a in DATASETS["omniglot"].archives]
+      >>> ARCHIVES["omniglot"].name, [a.filename for a in ARCHIVES["omniglot"].archives]
       ('omniglot', ['images_background.zip', 'images_evaluation.zip'])
     """
 
@@ -161,7 +161,7 @@ class DatasetSpec:
         """True when no public URL with published checksums exists.
 
         Example:
-          >>> DATASETS["miniimagenet"].manual_only, DATASETS["omniglot"].manual_only
+          >>> ARCHIVES["miniimagenet"].manual_only, ARCHIVES["omniglot"].manual_only
           (True, False)
         """
         return not self.archives
@@ -263,25 +263,25 @@ _TIEREDIMAGENET = DatasetSpec(
 ALIASES: dict[str, str] = {"cifar_fs": "cifar100", "fc100": "cifar100"}
 
 #: Every known dataset, by name; aliases map to the very same spec object.
-DATASETS: dict[str, DatasetSpec] = {
+ARCHIVES: dict[str, DatasetSpec] = {
     s.name: s for s in (_OMNIGLOT, _CIFAR100, _MINIIMAGENET, _TIEREDIMAGENET)
 }
-DATASETS.update({alias: DATASETS[target] for alias, target in ALIASES.items()})
+ARCHIVES.update({alias: ARCHIVES[target] for alias, target in ALIASES.items()})
 
 
 def resolve(name: str | DatasetSpec) -> DatasetSpec:
     """The spec of ``name`` (case-insensitive, ``-`` and ``_`` alike); a spec is returned as is.
 
     Example:
-      >>> resolve("CIFAR-FS") is DATASETS["cifar100"]
+      >>> resolve("CIFAR-FS") is ARCHIVES["cifar100"]
       True
     """
     if isinstance(name, DatasetSpec):
         return name
     key = str(name).strip().lower().replace("-", "_")
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return DATASETS[key]
+    if key not in ARCHIVES:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(ARCHIVES))}")
+    return ARCHIVES[key]
 
 
 def _dataset_dir(spec: DatasetSpec, data_dir) -> Path:
@@ -541,7 +541,7 @@ def download(
     :class:`DownloadError` with the layout to place by hand, unless that layout is present.
 
     Args:
-      name: a key of :data:`DATASETS` (aliases included), or a :class:`DatasetSpec`.
+      name: a key of :data:`ARCHIVES` (aliases included), or a :class:`DatasetSpec`.
       data_dir: the root data directory; ``None`` for ``$JMETA_DATA_DIR`` or
         ``~/.cache/jmeta/data``. Files go to ``<data_dir>/<spec.name>/``.
       progress: show a tqdm progress bar per file.

@@ -7,6 +7,7 @@ the cache directory (never beside the sources, which may be read-only); later lo
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ import numpy as np
 
 from jmeta.data._cache import cached_arrays
 from jmeta.data._dataset import ClassDataset, data_dir
+from jmeta.data._registry import ClassSplits, register
 
 __all__ = [
     "load_cifar_fs",
@@ -644,7 +646,13 @@ def _png_bytes(item) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def _image_extensions() -> set[str]:
+def image_extensions() -> set[str]:
+    """The file extensions PIL reads (``".png"``, ``".jpg"``, ...), lower case.
+
+    Example:
+      >>> {".png", ".jpg"} <= image_extensions()
+      True
+    """
     from PIL import Image
 
     Image.init()
@@ -686,7 +694,7 @@ def load_image_folder(
         raise FileNotFoundError(
             f"Image folder {path} does not exist (expected <path>/<class>/<image>)."
         )
-    exts = _image_extensions()
+    exts = image_extensions()
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"{path} has no class subfolders; expected <path>/<class>/<image files>.")
@@ -720,7 +728,8 @@ def load_image_folder(
     return _dataset(arrays, path.name, "")
 
 
-_LABEL_FIELDS = ("label", "category", "intent")
+LABEL_FIELDS = ("label", "category", "intent")
+"""Columns a labelled text file's label may be in, in the order they are looked for."""
 
 
 def load_text_file(
@@ -752,9 +761,9 @@ def load_text_file(
         head = f.read(4096).lstrip()
         f.seek(0)
         if head.startswith("[") and path.suffix.lower() != ".csv":  # one JSON array of objects
-            rows, columns = _read_jsonl(_json_array(f, path), path)
+            rows, columns = read_jsonl(_json_array(f, path), path)
         elif path.suffix.lower() in (".jsonl", ".ndjson", ".json") or head.startswith("{"):
-            rows, columns = _read_jsonl(f, path)
+            rows, columns = read_jsonl(f, path)
         else:
             reader = csv.DictReader(f)
             columns = list(reader.fieldnames or [])
@@ -766,10 +775,10 @@ def load_text_file(
             f"{path}: no text column {text_field!r}; columns found: {columns}. Pass text_field=..."
         )
     if label_field is None:
-        label_field = next((c for c in _LABEL_FIELDS if c in columns), None)
+        label_field = next((c for c in LABEL_FIELDS if c in columns), None)
         if label_field is None:
             raise ValueError(
-                f"{path}: none of the label columns {list(_LABEL_FIELDS)} found; columns found: "
+                f"{path}: none of the label columns {list(LABEL_FIELDS)} found; columns found: "
                 f"{columns}. Pass label_field=..."
             )
     elif label_field not in columns:
@@ -797,7 +806,15 @@ def load_text_file(
     )
 
 
-def _read_jsonl(f, path: Path) -> tuple[list[dict], list[str]]:
+def read_jsonl(f, path: Path) -> tuple[list[dict], list[str]]:
+    """The rows (dicts) of a JSON-lines file ``f`` and the columns they use, in first-seen
+    order; a line that is not a JSON object is an error naming ``path`` and the line.
+
+    Example:
+      >>> import io
+      >>> read_jsonl(io.StringIO('{"text": "hi", "label": "a"}\\n'), Path("x.jsonl"))
+      ([{'text': 'hi', 'label': 'a'}], ['text', 'label'])
+    """
     rows, columns = [], {}
     for n, line in enumerate(f, 1):
         if not line.strip():
@@ -823,3 +840,51 @@ def _json_array(f, path: Path) -> list[str]:
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON array of objects; got {type(rows).__name__}.")
     return [json.dumps(r) for r in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# Config registrations: ``data=dict(name=..., data_dir=..., cache_dir=...)``
+# --------------------------------------------------------------------------------------------
+
+
+def _root(data_dir: str, *parts: str) -> Path | None:
+    return Path(data_dir).expanduser().joinpath(*parts) if data_dir else None
+
+
+def _rgb(size: int) -> dict:
+    return dict(size=size, channels=3, mode="RGB", invert=False, resampling="bicubic")
+
+
+def _splits(load_all, size: int) -> ClassSplits:
+    return ClassSplits(lambda split: load_all()[split], (size, size, 3), image_format=_rgb(size))
+
+
+@register("miniimagenet")
+def _miniimagenet(*, data_dir: str = "", cache_dir: str = "", image_size: int = 84) -> ClassSplits:
+    """``data=dict(name="miniimagenet", ...)``: ``data_dir`` holds ``miniimagenet/``."""
+    _check_size(image_size)
+    return _splits(functools.lru_cache(1)(lambda: load_miniimagenet(
+        _root(data_dir, "miniimagenet"), image_size=image_size, cache=cache_dir or None)),
+        image_size)
+
+
+@register("tieredimagenet")
+def _tieredimagenet(*, data_dir: str = "", cache_dir: str = "") -> ClassSplits:
+    """``data=dict(name="tieredimagenet", ...)``: ``data_dir`` holds ``tieredimagenet/``."""
+    return _splits(functools.lru_cache(1)(lambda: load_tieredimagenet(
+        _root(data_dir, "tieredimagenet"), cache=cache_dir or None)), 84)
+
+
+@register("cifar_fs")
+def _cifar_fs(*, data_dir: str = "", cache_dir: str = "") -> ClassSplits:
+    """``data=dict(name="cifar_fs", ...)``: ``data_dir`` holds ``cifar100/cifar-100-python/``."""
+    return _splits(functools.lru_cache(1)(lambda: load_cifar_fs(
+        _root(data_dir, "cifar100", "cifar-100-python"), cache=cache_dir or None)), 32)
+
+
+@register("fc100")
+def _fc100(*, data_dir: str = "", cache_dir: str = "") -> ClassSplits:
+    """``data=dict(name="fc100", ...)``: ``data_dir`` holds ``cifar100/cifar-100-python/``."""
+    return _splits(functools.lru_cache(1)(lambda: load_fc100(
+        _root(data_dir, "cifar100", "cifar-100-python"), cache=cache_dir or None)), 32)
+

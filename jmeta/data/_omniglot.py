@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jmeta.core._checks import check_choice
 from jmeta.data._cache import cached_arrays
 from jmeta.data._dataset import ClassDataset, data_dir
+from jmeta.data._registry import ClassSplits, register
 
 ARCHIVES = ("images_background", "images_evaluation")
 NUM_CHARACTERS = 1623
@@ -202,3 +204,20 @@ def load_omniglot(
         name="omniglot",
         split=f"{protocol}/{split}",
     )
+
+
+@register("omniglot")
+def _from_config(*, data_dir: str = "", cache_dir: str = "", protocol: str = "vinyals",
+                 image_size: int = 28) -> ClassSplits:
+    """``data=dict(name="omniglot", ...)``: ``data_dir`` holds ``omniglot/`` (the official
+    archives); images inverted (ink bright), resized with Lanczos."""
+    check_choice("omniglot: protocol", protocol, SPLITS)
+    root = Path(data_dir).expanduser() / "omniglot" if data_dir else None
+
+    def load(split):
+        return load_omniglot(split, protocol=protocol, root=root, image_size=image_size,
+                             cache=cache_dir or None)
+
+    return ClassSplits(load, (image_size, image_size, 1), image_format=dict(
+        size=image_size, channels=1, mode="L", invert=True, resampling="lanczos"))
+

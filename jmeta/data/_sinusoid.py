@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jmeta.core._types import Batch, Episode, PRNGKey, TaskBatch
+from jmeta.data._registry import TaskFamily, register
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
@@ -59,3 +60,10 @@ def sinusoid_sampler(num_tasks: int, k_shot: int, k_query: int | None = None) ->
         return sinusoid_tasks(key, num_tasks, k_shot, k_query)
 
     return sample
+
+
+@register("sinusoid", kind="tasks")
+def _from_config() -> TaskFamily:
+    """``data=dict(name="sinusoid", shots=..., queries=...)``: MAML's sinusoid regression."""
+    return TaskFamily(sinusoid_tasks, example_shape=(1,), outputs=1, eval_queries=100)
+

@@ -15,6 +15,7 @@ intents as listed in ``jmeta/data/splits/banking77/``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,8 +26,11 @@ import numpy as np
 
 from jmeta.core._types import Batch, Episode, PRNGKey, TaskBatch
 from jmeta.data._cache import cached_arrays
+from jmeta.data import _dataset
 from jmeta.data._dataset import ClassDataset, data_dir
 from jmeta.data._loaders import SPLITS, load_text_file
+from jmeta.data._pretrained import tokenize, tokenizer_file
+from jmeta.data._registry import ClassSplits, register
 
 BANKING77_SPLIT_DIR = Path(__file__).resolve().parent / "splits" / "banking77"
 BANKING77_CLASSES = {"train": 50, "val": 10, "test": 17}
@@ -145,8 +149,6 @@ def tokenize_dataset(ds: ClassDataset, max_length: int, *, bert_path=None,
       >>> tokenize_dataset(ds, 8).data.shape  # doctest: +SKIP
       (2, 8)
     """
-    from jmeta.models._bert import _file, _folder, tokenize
-
     if ds.data.dtype != object:
         raise ValueError(f"{ds.label} is already tokenized (data {ds.data.dtype}).")
 
@@ -154,7 +156,7 @@ def tokenize_dataset(ds: ClassDataset, max_length: int, *, bert_path=None,
         return {"ids": tokenize(list(ds.data), max_length, path=bert_path)}
 
     if sources:
-        tokenizer = _file(_folder(bert_path), "tokenizer.json")
+        tokenizer = tokenizer_file(bert_path)
         name = f"text-{key or ds.label}-{ds.num_classes}c-{len(ds.data)}-L{max_length}-{_FORMAT_VERSION}"
         ids = cached_arrays(name, build, [*sources, tokenizer], cache=cache)["ids"]
     else:
@@ -305,3 +307,83 @@ def token_sampler(ds: ClassDataset, ways: int, shots: int, queries: int,
         return jax.vmap(one)(jax.random.split(key, num_tasks))
 
     return sample
+
+
+def encode_texts(texts, max_length: int, tokenizer=None) -> np.ndarray:
+    """A user's texts as token ids ``int32 [N, max_length]``, tokenized as a text dataset's
+    training examples were (ids already so shaped pass through). Empty texts, non-strings and
+    one string instead of a list are clear errors.
+
+    Example:
+      >>> encode_texts(np.zeros((2, 8), np.int32), 8).shape
+      (2, 8)
+      >>> encode_texts(["fine", " "], 8)
+      Traceback (most recent call last):
+        ...
+      ValueError: Text 1 is empty (after stripping spaces).
+    """
+    if isinstance(texts, np.ndarray) and texts.dtype.kind in "iu":
+        if texts.ndim != 2 or texts.shape[1] != max_length:
+            raise ValueError(f"Token ids must have shape [N, {max_length}]; got "
+                             f"{texts.shape}. Pass strings to have them tokenized.")
+        return texts.astype(np.int32)
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence | np.ndarray):
+        raise ValueError(f"Pass a list of texts (strings); got {type(texts).__name__}.")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise ValueError(f"Texts must be strings; item {bad[0]} is "
+                         f"{type(texts[bad[0]]).__name__}.")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise ValueError(f"Text {empty[0]} is empty (after stripping spaces).")
+    if not texts:
+        return np.zeros((0, max_length), np.int32)
+    return tokenize(texts, max_length, path=tokenizer)
+
+
+def _token_splits(load_all, max_length: int, tokenizer: str) -> ClassSplits:
+    # Text episodes are adapted 5 at a time at evaluation by default: a 5-shot episode through a
+    # transformer holds hundreds of MB of activations. The query set costs far more than an inner
+    # step, so it is evaluated only after the step counts asked for.
+    return ClassSplits(
+        lambda split: load_all()[split], (max_length,), inputs="tokens",
+        encode=functools.partial(encode_texts, max_length=max_length,
+                                 tokenizer=tokenizer or None),
+        eval_chunk=5, sparse_eval=True, sampler=token_sampler, host_transform=_same)
+
+
+def _same(ids):
+    return ids
+
+
+@register("banking77")
+def _banking77(*, data_dir: str = "", cache_dir: str = "", max_length: int = 32,
+               tokenizer: str = "") -> ClassSplits:
+    """``data=dict(name="banking77", ...)``: ``data_dir`` holds ``banking77/``; texts tokenized
+    to ``max_length`` ids by the checkpoint folder ``tokenizer`` (``""``: the model's folder,
+    or all-MiniLM-L6-v2)."""
+    root = _dataset.data_dir(data_dir or None) / "banking77"
+    return _token_splits(functools.lru_cache(1)(lambda: load_banking77(
+        root, max_length=max_length, bert_path=tokenizer or None, cache=cache_dir or None)),
+        max_length, tokenizer)
+
+
+@register("text")
+def _text(*, files: str | Sequence[str], data_dir: str = "", cache_dir: str = "",
+          class_split: str = "", max_length: int = 32, tokenizer: str = "",
+          text_field: str = "text", label_field: str = "") -> ClassSplits:
+    """``data=dict(name="text", files=...)``: your own CSV / JSON-lines files of (text, label)
+    rows (several: a list, or comma-separated); ``class_split`` a folder with train.txt,
+    val.txt and test.txt (``""``: a seeded random split of the classes)."""
+    del data_dir
+    paths = [f.strip() for f in files.split(",")] if isinstance(files, str) else list(files)
+    paths = [p for p in paths if p]
+    if not paths:
+        raise ValueError("text: files must name at least one CSV or JSON-lines file of "
+                         "(text, label) rows.")
+    return _token_splits(functools.lru_cache(1)(lambda: load_text_splits(
+        paths, split=class_split or None, max_length=max_length, bert_path=tokenizer or None,
+        cache=cache_dir or None, text_field=text_field, label_field=label_field or None)),
+        max_length, tokenizer)
+

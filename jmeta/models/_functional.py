@@ -42,6 +42,10 @@ class Model(NamedTuple):
         once per set and adapts the head on them, instead of running the body at every inner
         step. A wrapper that changes ``apply`` must change ``features`` alike or set it to
         ``None`` (the library's wrappers do).
+      frozen: ``None``, or ``path -> bool`` selecting the parameters that stay as initialised
+        (the pretrained encoder under LoRA adapters, paths such as ``"backbone/layer_0/query/
+        kernel"``): learners built from a config leave them out of the inner loop, the outer
+        optimizer keeps no state for them and run checkpoints do not save them.
     """
 
     init: Callable[[PRNGKey], Params]
@@ -50,6 +54,7 @@ class Model(NamedTuple):
     eval_apply: Callable[[Params, jax.Array], jax.Array] | None = None
     stats_apply: Callable[[Params, jax.Array], Params] | None = None
     features: Callable[[Params, jax.Array], jax.Array] | None = None
+    frozen: Callable[[str], bool] | None = None
 
 
 def linear_head(params: Params, features: jax.Array) -> jax.Array:
@@ -264,3 +269,24 @@ def with_compute_dtype(model: Model, dtype) -> Model:
     # head's matmul runs in float32 (apply runs it in ``dtype``).
     return model._replace(apply=cast(model.apply), eval_apply=cast(model.eval_apply),
                           stats_apply=cast(model.stats_apply), features=cast(model.features))
+
+
+def flatten_inputs(model: Model) -> Model:
+    """The same model on inputs flattened to vectors (an MLP on images).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jmeta.models import mlp
+      >>> model = flatten_inputs(mlp(12, 3, hidden=(8,)))
+      >>> model.apply(model.init(jax.random.key(0)), jnp.ones((5, 2, 2, 3))).shape
+      (5, 3)
+    """
+
+    def apply(params, x):
+        return model.apply(params, x.reshape(x.shape[0], -1))
+
+    def features(params, x):
+        return model.features(params, x.reshape(x.shape[0], -1))
+
+    return model._replace(apply=apply, features=features if model.features else None)
+

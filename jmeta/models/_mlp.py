@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jmeta.models._functional import Model, from_nnx
+from jmeta.models._functional import Model, flatten_inputs, from_nnx
+from jmeta.models._registry import ModelSpec, real_inputs, register
 
 
 def _uniform_fan_in(fan_in: int):
@@ -74,3 +75,18 @@ def mlp(in_features: int = 1, out_features: int = 1, hidden: Sequence[int] = (40
             f"out={out_features}, hidden={hidden}."
         )
     return from_nnx(lambda rngs: MLP(in_features, out_features, hidden, rngs=rngs), family="dense")
+
+
+@register("mlp")
+def _from_config(spec: ModelSpec, *, hidden: Sequence[int] = (40, 40)) -> Model:
+    """``model=dict(name="mlp", hidden=...)``: inputs flattened; as an embedding network (no
+    head requested) the last hidden width is the embedding's, without a ReLU."""
+    real_inputs(spec, "mlp")
+    hidden = tuple(hidden)
+    in_dim = math.prod(spec.input_shape)
+    if spec.outputs is None:
+        model = mlp(in_dim, hidden[-1], hidden=hidden[:-1])
+    else:
+        model = mlp(in_dim, spec.outputs, hidden=hidden)
+    return model if len(spec.input_shape) == 1 else flatten_inputs(model)
+

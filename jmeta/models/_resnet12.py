@@ -10,6 +10,7 @@ from flax import nnx
 
 from jmeta.models._conv import conv_fn, resolve_conv_impl
 from jmeta.models._functional import BN_MODES, Model, from_nnx, max_pool_2x2
+from jmeta.models._registry import ModelSpec, register, square_images
 
 NEGATIVE_SLOPE = 0.1
 """Slope of the LeakyReLU activations for negative inputs."""
@@ -145,3 +146,13 @@ def resnet12(in_channels: int = 3, out_features: int | None = None, *,
         family="conv",
         batch_stats=bn_mode,
     )
+
+
+@register("resnet12")
+def _from_config(spec: ModelSpec, *, widths: Sequence[int] = (64, 160, 320, 640),
+                 bn_mode: str = "transductive", conv_impl: str = "auto") -> Model:
+    """``model=dict(name="resnet12", ...)`` on the dataset's square images."""
+    size, channels = square_images(spec, "resnet12")
+    return resnet12(channels, spec.outputs, widths=widths, image_size=size, bn_mode=bn_mode,
+                    conv_impl=conv_impl)
+
