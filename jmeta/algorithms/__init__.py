@@ -1,5 +1,8 @@
-"""Meta-learning algorithms, each a small factory returning a :class:`jmeta.core.MetaLearner`."""
+"""Meta-learning algorithms, each a small factory returning a :class:`jmeta.core.MetaLearner`,
+registered for configs by name (``learner=dict(name=...)``; :func:`register` adds one)."""
 
+from jmeta.algorithms._registry import ALGORITHMS as ALGORITHMS
+from jmeta.algorithms._registry import register as register
 from jmeta.algorithms._gradient import anil as anil
 from jmeta.algorithms._gradient import boil as boil
 from jmeta.algorithms._gradient import fomaml as fomaml
@@ -13,11 +16,7 @@ from jmeta.algorithms._reptile import reptile as reptile
 from jmeta.algorithms._protonets import protonets as protonets
 from jmeta.algorithms._protomaml import prototype_head as prototype_head
 from jmeta.algorithms._protomaml import protomaml as protomaml
-from jmeta.algorithms._cavia import ContextModel as ContextModel
 from jmeta.algorithms._cavia import cavia as cavia
-from jmeta.algorithms._cavia import context_conv4 as context_conv4
-from jmeta.algorithms._cavia import context_from_nnx as context_from_nnx
-from jmeta.algorithms._cavia import context_mlp as context_mlp
 from jmeta.algorithms._imaml import imaml as imaml
 from jmeta.algorithms._matching import matching_networks as matching_networks
 from jmeta.algorithms._r2d2 import r2d2 as r2d2

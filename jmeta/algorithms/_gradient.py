@@ -1,4 +1,4 @@
-"""The gradient-based family (MAML, first-order MAML, Meta-SGD, ANIL) on one shared engine."""
+"""The gradient-based family (MAML, first-order MAML, Meta-SGD, ANIL, BOIL) on one shared engine."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from typing import Callable
 
 import jax
 
+from jmeta.algorithms._registry import register
+from jmeta.core._checks import check_int
 from jmeta.core._inner import InnerRule, inner_loop, mse_loss, resolve_unroll
 from jmeta.core._meta import MetaLearner
+from jmeta.core._registry import ConfigError
 from jmeta.core._tree import mask_by_path, partition, path_name
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.inner._rules import meta_sgd, sgd
@@ -28,15 +31,28 @@ def _prediction_metrics(pred, y, loss_fn: LossFn, metric_fn: MetricFn | None):
     return loss, dict(extra, loss=loss)
 
 
-def _check_steps(name: str, num_steps) -> None:
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"{name}: num_steps must be a positive int; got {num_steps!r}.")
+def check_truncate(name: str, truncate, inner_steps: int) -> None:
+    """``None``, or a positive int below ``inner_steps``: the last inner steps backpropagated."""
+    if truncate is None:
+        return
+    check_int(f"{name}: truncate (None backprops through every inner step; k, the last k "
+              "inner steps)", truncate, 1)
+    if truncate >= inner_steps:
+        raise ValueError(f"{name}: truncate={truncate} truncates nothing with inner_steps="
+                         f"{inner_steps}: set it below inner_steps, or None.")
+
+
+def _both(a: Callable[[str], bool] | None, b: Callable[[str], bool] | None):
+    """The paths both filters select (``None`` selects every path)."""
+    if a is None or b is None:
+        return a or b
+    return lambda path: a(path) and b(path)
 
 
 def gradient_learner(
     model: Model,
     rule: InnerRule,
-    num_steps: int,
+    inner_steps: int,
     *,
     loss_fn: LossFn = mse_loss,
     first_order: bool = False,
@@ -49,7 +65,7 @@ def gradient_learner(
     head_features: bool = True,
     head_init: Callable[[jax.Array, jax.Array], Params] | None = None,
 ) -> MetaLearner:
-    """A learner that adapts by ``num_steps`` steps of ``rule`` and meta-learns by backprop.
+    """A learner that adapts by ``inner_steps`` steps of ``rule`` and meta-learns by backprop.
 
     Meta-parameters are ``{"model": initial params, "rule": learnable pieces of the rule}``. The
     meta-gradient of one task is the gradient of its query loss after adaptation with respect to
@@ -58,7 +74,7 @@ def gradient_learner(
     Args:
       model: a functional :class:`jmeta.models.Model`.
       rule: the inner update rule (:mod:`jmeta.inner`).
-      num_steps: inner steps during meta-training.
+      inner_steps: inner steps during meta-training.
       loss_fn: ``(outputs, targets) -> scalar``.
       first_order: first-order meta-gradient (stop-gradient on the inner gradients).
       remat: ``jax.checkpoint`` each inner step: backprop keeps only each step's carry (the
@@ -69,11 +85,11 @@ def gradient_learner(
         reported by ``task_grad`` beside the loss.
       unroll: unroll inner loops of up to ``jmeta.core.MAX_UNROLLED_STEPS`` steps; ``None`` =
         :func:`jmeta.core.default_inner_unroll` (conv models on CPU). Values are unchanged.
-      truncate: backpropagate through the last ``truncate`` inner steps only (``None``: all),
-        for long inner loops, e.g. a learned rule meta-trained on 50-100 steps; the
+      truncate: backpropagate through the last ``truncate < inner_steps`` inner steps only
+        (``None``: all), for long inner loops, e.g. a learned rule meta-trained on 50-100 steps; the
         initialisation gets the gradient of the adapted parameters passed through the truncated
         steps unchanged (see :func:`jmeta.core.inner_loop`). Combine with ``remat``: memory then
-        grows with ``truncate``, not with ``num_steps``, and compile time with neither.
+        grows with ``truncate``, not with ``inner_steps``, and compile time with neither.
       head_features: when ``adapt_filter`` selects exactly the linear ``head`` of a model with
         ``features`` (ANIL on :func:`jmeta.models.conv4`, ``resnet12``, ``mlp``) and
         ``truncate`` is ``None``, run the body once per support and query set and adapt the
@@ -95,15 +111,9 @@ def gradient_learner(
       >>> sorted(learner.init(jax.random.key(0))["model"])
       ['head', 'hidden_0', 'hidden_1']
     """
-    _check_steps(name, num_steps)
+    check_int(f"{name}: inner_steps", inner_steps)
+    check_truncate(name, truncate, inner_steps)
     unroll = resolve_unroll(unroll, model.family)
-    if truncate is not None and (
-        isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < 1
-    ):
-        raise ValueError(
-            f"{name}: truncate must be None (backprop through every inner step) or a positive "
-            f"int, the number of last inner steps to backprop through; got {truncate!r}."
-        )
     if not isinstance(rule, InnerRule):
         raise ValueError(f"{name}: rule must be a jmeta.inner InnerRule; got {rule!r}.")  # noqa: TRY004
     if head_init is not None and getattr(model, "features", None) is None:
@@ -136,7 +146,8 @@ def gradient_learner(
     def head_loss(params: Params, batch: Batch) -> jax.Array:
         return loss_fn(linear_head(params, batch.x), batch.y)
 
-    def adapt(meta, support, *, num_steps=num_steps, key=None, eval_fn=None, first_order=False):
+    def adapt(meta, support, *, inner_steps=inner_steps, key=None, eval_fn=None,
+              first_order=False):
         del key
         params = meta["model"]
         if on_features:  # the body's features once; the head adapts on them
@@ -150,7 +161,7 @@ def gradient_learner(
             params,
             meta["rule"],
             support,
-            num_steps,
+            inner_steps,
             first_order=first_order,
             remat=remat,
             mask=mask_of(meta["model"]),
@@ -178,7 +189,7 @@ def gradient_learner(
         predict=model.apply,
         task_grad=task_grad,
         family=model.family,
-        num_steps=num_steps,
+        inner_steps=inner_steps,
     )
 
 
@@ -203,7 +214,7 @@ def _paths(params):
 def maml(
     model: Model,
     inner_lr: float = 0.01,
-    num_steps: int = 1,
+    inner_steps: int = 1,
     *,
     loss_fn: LossFn = mse_loss,
     first_order: bool = False,
@@ -212,20 +223,23 @@ def maml(
     truncate: int | None = None,
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
+    adapt_filter: Callable[[str], bool] | None = None,
 ) -> MetaLearner:
     """MAML (Finn et al. 2017): learn an initialisation that adapts in a few SGD steps.
 
     ``rule`` replaces plain SGD by another inner rule (e.g. :func:`jmeta.inner.lslr`, or a
     learned recurrent rule, :func:`jmeta.inner.meta_lstm` or :func:`jmeta.inner.lstm_optimizer`,
     whose weights are then meta-learned with the initialisation). ``truncate`` backpropagates
-    through the last ``truncate`` inner steps only (see :func:`gradient_learner`).
+    through the last ``truncate`` inner steps only; ``adapt_filter`` chooses the parameters the
+    inner loop adapts (LoRA adapters and the head of a pretrained encoder, say: see
+    :func:`gradient_learner`).
 
     Example:
       >>> import jax, optax
       >>> from jmeta.core import init_state, make_meta_step
       >>> from jmeta.data import sinusoid_sampler
       >>> from jmeta.models import mlp
-      >>> learner = maml(mlp(), inner_lr=0.01, num_steps=1)
+      >>> learner = maml(mlp(), inner_lr=0.01, inner_steps=1)
       >>> tx = optax.adam(1e-3)
       >>> step = make_meta_step(learner, tx, sampler=sinusoid_sampler(num_tasks=25, k_shot=10))
       >>> state = init_state(learner, tx, jax.random.key(0))
@@ -237,7 +251,7 @@ def maml(
     return gradient_learner(
         model,
         rule if rule is not None else sgd(inner_lr),
-        num_steps,
+        inner_steps,
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
@@ -245,24 +259,39 @@ def maml(
         truncate=truncate,
         metric_fn=metric_fn,
         name="maml",
+        adapt_filter=adapt_filter,
     )
 
 
-def fomaml(model: Model, inner_lr: float = 0.01, num_steps: int = 1, **kwargs) -> MetaLearner:
+def fomaml(
+    model: Model,
+    inner_lr: float = 0.01,
+    inner_steps: int = 1,
+    *,
+    loss_fn: LossFn = mse_loss,
+    remat: bool = False,
+    unroll: bool | None = None,
+    truncate: int | None = None,
+    rule: InnerRule | None = None,
+    metric_fn: MetricFn | None = None,
+    adapt_filter: Callable[[str], bool] | None = None,
+) -> MetaLearner:
     """First-order MAML: MAML whose meta-gradient ignores second derivatives.
 
     Example:
       >>> from jmeta.models import mlp
-      >>> fomaml(mlp(), inner_lr=0.01, num_steps=5).num_steps
+      >>> fomaml(mlp(), inner_lr=0.01, inner_steps=5).inner_steps
       5
     """
-    return maml(model, inner_lr, num_steps, first_order=True, **kwargs)
+    return maml(model, inner_lr, inner_steps, first_order=True, loss_fn=loss_fn, remat=remat,
+                unroll=unroll, truncate=truncate, rule=rule, metric_fn=metric_fn,
+                adapt_filter=adapt_filter)
 
 
 def metasgd(
     model: Model,
     init_lr: float | tuple[float, float] = (0.005, 0.1),
-    num_steps: int = 1,
+    inner_steps: int = 1,
     *,
     loss_fn: LossFn = mse_loss,
     first_order: bool = False,
@@ -270,8 +299,13 @@ def metasgd(
     unroll: bool | None = None,
     truncate: int | None = None,
     metric_fn: MetricFn | None = None,
+    adapt_filter: Callable[[str], bool] | None = None,
 ) -> MetaLearner:
     """Meta-SGD (Li et al. 2017): learn the initialisation and a step size per coordinate.
+
+    ``init_lr``: the rates' initial value, or a ``(low, high)`` range drawn per coordinate.
+    ``adapt_filter`` as in :func:`gradient_learner` (rates are learned for the adapted
+    parameters only).
 
     Example:
       >>> import jax
@@ -280,10 +314,12 @@ def metasgd(
       >>> meta["rule"]["head"]["kernel"].shape == meta["model"]["head"]["kernel"].shape
       True
     """
+    if isinstance(init_lr, (tuple, list)) and len(init_lr) == 1:
+        init_lr = init_lr[0]
     return gradient_learner(
         model,
         meta_sgd(init_lr),
-        num_steps,
+        inner_steps,
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
@@ -291,13 +327,14 @@ def metasgd(
         truncate=truncate,
         metric_fn=metric_fn,
         name="metasgd",
+        adapt_filter=adapt_filter,
     )
 
 
 def anil(
     model: Model,
     inner_lr: float = 0.01,
-    num_steps: int = 1,
+    inner_steps: int = 1,
     *,
     head: str = "head",
     loss_fn: LossFn = mse_loss,
@@ -329,7 +366,7 @@ def anil(
     return gradient_learner(
         model,
         rule if rule is not None else sgd(inner_lr),
-        num_steps,
+        inner_steps,
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
@@ -345,7 +382,7 @@ def anil(
 def boil(
     model: Model,
     inner_lr: float = 0.01,
-    num_steps: int = 1,
+    inner_steps: int = 1,
     *,
     head: str = "head",
     loss_fn: LossFn = mse_loss,
@@ -355,12 +392,14 @@ def boil(
     truncate: int | None = None,
     rule: InnerRule | None = None,
     metric_fn: MetricFn | None = None,
+    adapt_filter: Callable[[str], bool] | None = None,
 ) -> MetaLearner:
     """BOIL (Oh et al. 2021): MAML that adapts only the body; the head stays at its meta-learned value.
 
     The mirror image of :func:`anil`: the inner loop updates every parameter whose path does not
     start with ``head`` (the classifier), so adaptation must move the features towards the fixed
-    decision boundaries.
+    decision boundaries. ``adapt_filter`` narrows the body further (the LoRA adapters of a
+    pretrained encoder, say).
 
     Example:
       >>> import jax
@@ -377,13 +416,31 @@ def boil(
     return gradient_learner(
         model,
         rule if rule is not None else sgd(inner_lr),
-        num_steps,
+        inner_steps,
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
         unroll=unroll,
         truncate=truncate,
-        adapt_filter=lambda path: not (path + "/").startswith(prefix),
+        adapt_filter=_both(lambda path: not (path + "/").startswith(prefix), adapt_filter),
         metric_fn=metric_fn,
         name="boil",
     )
+
+
+register("maml", maml)
+register("fomaml", fomaml)
+register("metasgd", metasgd)
+register("anil", anil)
+register("boil", boil)
+
+
+@register("finetune", options=maml)
+def _finetune(env, **options) -> MetaLearner:
+    """``learner=dict(name="finetune", ...)``: MAML's inner loop from the initial parameters on
+    every test task, never meta-trained (the fine-tuning baseline of a pretrained encoder)."""
+    if env.meta_steps:
+        raise ConfigError(
+            "learner 'finetune' fine-tunes the initial parameters on each test task and is never "
+            f"meta-trained: set train.meta_steps=0 (got {env.meta_steps}).")
+    return env.build(maml, options)

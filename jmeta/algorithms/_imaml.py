@@ -5,8 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jmeta.algorithms._gradient import LossFn, MetricFn, _check_steps, query_metrics
-from jmeta.core._inner import InnerRule, inner_loop, mse_loss, resolve_unroll
+from jmeta.algorithms._gradient import LossFn, MetricFn, query_metrics
+from jmeta.algorithms._registry import register
+from jmeta.core._checks import check_int, check_number
+from jmeta.core._inner import InnerRule, inner_loop, mse_loss, resolve_unroll, rule_learns
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.inner._rules import sgd
@@ -15,14 +17,6 @@ from jmeta.models._functional import Model
 
 def _sq_dist(a: Params, b: Params) -> jax.Array:
     return sum(jnp.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def _positive(name: str, value, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"imaml: {name} must be a {bound} number; got {value!r}.")
 
 
 def implicit_meta_gradient(
@@ -90,7 +84,7 @@ def imaml(
     model: Model,
     *,
     inner_lr: float,
-    num_steps: int,
+    inner_steps: int,
     lam: float = 1.0,
     cg_steps: int = 5,
     cg_damping: float = 0.0,
@@ -102,17 +96,17 @@ def imaml(
     """iMAML: a proximal inner loop and an implicit meta-gradient (no backprop through the loop).
 
     For one task the inner loop approximately solves
-    ``phi* = argmin_phi support_loss(phi) + lam / 2 * ||phi - theta||^2`` by ``num_steps`` steps
+    ``phi* = argmin_phi support_loss(phi) + lam / 2 * ||phi - theta||^2`` by ``inner_steps`` steps
     of ``rule`` (SGD at ``inner_lr`` by default) from ``theta``. At the exact minimiser,
     ``d phi* / d theta = (I + H / lam)^{-1}`` with ``H`` the Hessian of the support loss at
     ``phi*``, so the meta-gradient of the query loss is
     ``(I + H / lam)^{-1} grad query_loss(phi*)``; it is computed by ``cg_steps`` conjugate-gradient
     iterations of Hessian-vector products (:func:`implicit_meta_gradient`) at the adapted
-    parameters, which are ``stop_gradient``-ed: memory does not grow with ``num_steps``.
+    parameters, which are ``stop_gradient``-ed: memory does not grow with ``inner_steps``.
 
     * meta-parameters: ``{"model": theta, "rule": ()}`` (``rule``'s learnable pieces, which the
       implicit gradient cannot train, are refused);
-    * ``adapt(meta, support, *, num_steps=..., key=None, eval_fn=None)`` returns the adapted
+    * ``adapt(meta, support, *, inner_steps=..., key=None, eval_fn=None)`` returns the adapted
       model parameters and a trace whose ``support_loss[t]`` is the plain support loss (without
       the proximal term) before step ``t``, and ``eval[t]`` is ``eval_fn`` after step ``t``;
       differentiating through ``adapt`` gives the unrolled (not the implicit) gradient;
@@ -123,7 +117,7 @@ def imaml(
     Args:
       model: a functional :class:`jmeta.models.Model`.
       inner_lr: SGD step size of the inner loop (unused when ``rule`` is given).
-      num_steps: inner steps during meta-training (the implicit gradient assumes they reach the
+      inner_steps: inner steps during meta-training (the implicit gradient assumes they reach the
         minimiser of the regularised objective).
       lam: strength of the proximal regulariser ``lam / 2 * ||phi - theta||^2`` (> 0).
       cg_steps: conjugate-gradient iterations of the implicit solve (>= 1).
@@ -141,7 +135,7 @@ def imaml(
       >>> from jmeta.core import init_state, make_meta_step
       >>> from jmeta.data import sinusoid_sampler
       >>> from jmeta.models import mlp
-      >>> learner = imaml(mlp(hidden=(8,)), inner_lr=0.01, num_steps=3, lam=2.0, cg_steps=3)
+      >>> learner = imaml(mlp(hidden=(8,)), inner_lr=0.01, inner_steps=3, lam=2.0, cg_steps=3)
       >>> tx = optax.adam(1e-3)
       >>> step = make_meta_step(learner, tx, sampler=sinusoid_sampler(num_tasks=4, k_shot=5))
       >>> state, metrics = step(init_state(learner, tx, jax.random.key(0)))
@@ -149,35 +143,31 @@ def imaml(
       ['grad_norm', 'loss', 'support_loss_before']
     """
     unroll = resolve_unroll(unroll, model.family)
-    _check_steps("imaml", num_steps)
+    check_int("imaml: inner_steps", inner_steps)
     if rule is None:
-        _positive("inner_lr", inner_lr)
-        rule = sgd(inner_lr)
+        rule = sgd(check_number("imaml: inner_lr", inner_lr))
     elif not isinstance(rule, InnerRule):
         raise ValueError(f"imaml: rule must be a jmeta.inner InnerRule or None; got {rule!r}.")
-    _positive("lam", lam)
-    _positive("cg_damping", cg_damping, allow_zero=True)
-    if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
-        raise ValueError(f"imaml: cg_steps must be a positive int; got {cg_steps!r}.")
-    lam = float(lam)
-    cg_damping = float(cg_damping)
+    lam = check_number("imaml: lam", lam)
+    cg_damping = check_number("imaml: cg_damping", cg_damping, strict=False)
+    check_int("imaml: cg_steps", cg_steps)
+    if rule_learns(rule, model.init):
+        raise ValueError(
+            "imaml: the inner rule has learnable pieces (such as meta_sgd or lslr rates), but "
+            "the implicit meta-gradient does not depend on the inner path and cannot train "
+            "them; use jmeta.inner.sgd or from_optax, or MAML to learn the rule."
+        )
 
     def init(key: PRNGKey) -> Params:
         model_key, rule_key = jax.random.split(key)
         params = model.init(model_key)
-        rule_meta = rule.init_meta(rule_key, params)
-        if jax.tree.leaves(rule_meta):
-            raise ValueError(
-                "imaml: the inner rule has learnable pieces (such as meta_sgd or lslr rates), but "
-                "the implicit meta-gradient does not depend on the inner path and cannot train "
-                "them; use jmeta.inner.sgd or from_optax, or MAML to learn the rule."
-            )
-        return {"model": params, "rule": rule_meta}
+        return {"model": params, "rule": rule.init_meta(rule_key, params)}
 
     def batch_loss(params: Params, batch: Batch) -> jax.Array:
         return loss_fn(model.apply(params, batch.x), batch.y)
 
-    def adapt(meta, support, *, num_steps=num_steps, key=None, eval_fn=None, first_order=False):
+    def adapt(meta, support, *, inner_steps=inner_steps, key=None, eval_fn=None,
+              first_order=False):
         del key, first_order
         theta = meta["model"]
 
@@ -188,7 +178,7 @@ def imaml(
             return batch_loss(params, batch) + (prox - jax.lax.stop_gradient(prox))
 
         return inner_loop(
-            regularised, rule, theta, meta["rule"], support, num_steps, eval_fn=eval_fn,
+            regularised, rule, theta, meta["rule"], support, inner_steps, eval_fn=eval_fn,
             unroll=unroll,
         )
 
@@ -216,5 +206,8 @@ def imaml(
         predict=model.apply,
         task_grad=task_grad,
         family=model.family,
-        num_steps=num_steps,
+        inner_steps=inner_steps,
     )
+
+
+register("imaml", imaml)

@@ -9,28 +9,26 @@ import jax
 import jax.numpy as jnp
 
 from jmeta.algorithms._gradient import LossFn, MetricFn, query_metrics
-from jmeta.core._inner import MAX_UNROLLED_STEPS, mse_loss, resolve_unroll
+from jmeta.algorithms._registry import register
+from jmeta.core._checks import check_bool, check_int
+from jmeta.core._inner import inner_loop, mse_loss, resolve_unroll
 from jmeta.core._meta import MetaLearner
-from jmeta.core._tree import combine, mask_by_path, partition, path_name
+from jmeta.core._tree import mask_by_path, partition, path_name
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.inner._rules import lslr
 from jmeta.models._functional import Model
 
 MSL_FLOOR = 0.03
-"""The paper's floor of every non-final multi-step-loss weight, times ``num_steps``."""
+"""The paper's floor of every non-final multi-step-loss weight, times ``inner_steps``."""
 
 
 def _default_bn_paths(path: str) -> bool:
     return "bn" in path
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"mamlpp: {name} must be an int >= {low}; got {value!r}.")
-
-
-def msl_weights(step, num_steps: int, anneal_steps: int, *, floor: float = MSL_FLOOR) -> jax.Array:
-    """MAML++'s multi-step-loss weights of the query losses after inner steps ``1..num_steps``.
+def msl_weights(step, inner_steps: int, anneal_steps: int, *,
+                floor: float = MSL_FLOOR) -> jax.Array:
+    """MAML++'s multi-step-loss weights of the query losses after inner steps ``1..inner_steps``.
 
     The schedule of the paper's code, with the epoch counter replaced by the meta-step: at step
     0 every weight is ``1/N``; as ``step`` goes to ``anneal_steps`` every non-final weight decays
@@ -47,11 +45,11 @@ def msl_weights(step, num_steps: int, anneal_steps: int, *, floor: float = MSL_F
       >>> msl_weights(100, 4, 100).tolist()
       [0.0, 0.0, 0.0, 1.0]
     """
-    _check_int("num_steps", num_steps, 1)
-    _check_int("anneal_steps", anneal_steps, 0)
+    check_int("mamlpp: inner_steps", inner_steps, 1)
+    check_int("mamlpp: anneal_steps", anneal_steps, 0)
     dtype = jnp.result_type(float)
     step = jnp.asarray(step).astype(dtype)
-    n = num_steps
+    n = inner_steps
     last = jnp.zeros((n,), dtype).at[-1].set(1.0)
     if anneal_steps == 0 or n == 1:
         return last
@@ -65,12 +63,12 @@ def msl_weights(step, num_steps: int, anneal_steps: int, *, floor: float = MSL_F
 def mamlpp(
     model: Model,
     *,
-    num_steps: int,
+    inner_steps: int,
     inner_lr: float = 0.1,
     multi_step_loss: bool = True,
     msl_anneal_steps: int = 5000,
     first_order_until: int = 0,
-    per_step_bn: bool = True,
+    per_step_bn: bool | None = None,
     bn_paths: Callable[[str], bool] = _default_bn_paths,
     loss_fn: LossFn = mse_loss,
     metric_fn: MetricFn | None = None,
@@ -85,7 +83,7 @@ def mamlpp(
     * **Per-step BatchNorm weights and biases (BNWB)**: every parameter whose path satisfies
       ``bn_paths`` (default: contains ``"bn"``, as ``"bn_0/scale"`` of
       :func:`jmeta.models.conv4`) is stored in ``meta["model"]`` with a leading axis of size
-      ``num_steps + 1`` (copies of its initial value). Slice ``k`` is used by every forward pass
+      ``inner_steps + 1`` (copies of its initial value). Slice ``k`` is used by every forward pass
       of weights that have taken ``k`` inner steps: the support pass of inner step ``k`` (0-based)
       and the query pass after ``k`` steps; slice 0 is also the unadapted model's. These
       parameters are meta-learned only (the inner loop does not adapt them), and each slice gets
@@ -94,7 +92,9 @@ def mamlpp(
       ``bn_mode="running"`` the ``mean``/``var`` leaves get the step axis too: the paper's
       per-step running statistics, filled by :func:`per_step_batch_stats` and used at test time
       by ``model.eval_apply``. With ``per_step_bn=False`` no leaf gets an extra axis and the
-      inner loop adapts every parameter, BatchNorm's included (as MAML).
+      inner loop adapts every parameter, BatchNorm's included (as MAML). ``None`` (the default)
+      is ``True`` when ``bn_paths`` selects a parameter and ``False`` for a model without
+      BatchNorm.
     * **Multi-step loss (MSL)**: the meta-objective is ``sum_i w_i * query_loss(after step
       i+1)`` with the weights of :func:`msl_weights` at the current meta-step, annealed over
       ``msl_anneal_steps`` meta-steps to the final step only (the paper: the first 10 epochs);
@@ -113,8 +113,8 @@ def mamlpp(
     ``loss`` (query loss after the final step), ``objective`` (the weighted multi-step loss),
     ``support_loss_before`` and ``metric_fn``'s query metrics.
 
-    ``adapt(meta, support, *, num_steps=None, key=None, eval_fn=None, first_order=False)`` runs
-    ``num_steps`` (default: the training count, any int >= 0) steps; beyond the trained count the
+    ``adapt(meta, support, *, inner_steps=None, key=None, eval_fn=None, first_order=False)`` runs
+    ``inner_steps`` (default: the training count, any int >= 0) steps; beyond the trained count the
     last step's rates and the last BatchNorm slice are reused. It returns ``(task_params,
     trace)``: ``task_params`` is a plain parameter tree of ``model`` (BatchNorm leaves are the
     slice of the steps taken, without the step axis), ``trace["support_loss"][t]`` the support
@@ -124,14 +124,14 @@ def mamlpp(
 
     Args:
       model: a functional :class:`jmeta.models.Model`.
-      num_steps: inner steps during meta-training (>= 1).
+      inner_steps: inner steps during meta-training (>= 1).
       inner_lr: initial value of every learned per-step, per-layer rate.
       multi_step_loss: use the annealed multi-step loss.
       msl_anneal_steps: meta-steps over which the multi-step-loss weights anneal (>= 0; 0 counts
         only the final step from the start).
       first_order_until: first-order meta-gradient while the meta-step is below this (>= 0).
-      per_step_bn: per-step BatchNorm weights and biases; needs ``bn_paths`` to select at least
-        one parameter.
+      per_step_bn: per-step BatchNorm weights and biases (``True`` needs ``bn_paths`` to select
+        at least one parameter; ``None``: whenever it does).
       bn_paths: ``path -> bool`` choosing the BatchNorm parameters (paths like ``"bn_0/scale"``).
       loss_fn: ``(outputs, targets) -> scalar``, for both the inner loop and the query.
       metric_fn: optional ``(outputs, targets) -> dict`` of extra query metrics.
@@ -144,7 +144,7 @@ def mamlpp(
       >>> from jmeta.core import init_state, make_meta_step
       >>> from jmeta.data import sinusoid_sampler, sinusoid_tasks
       >>> from jmeta.models import mlp
-      >>> learner = mamlpp(mlp(hidden=(8,)), num_steps=2, inner_lr=0.01, per_step_bn=False,
+      >>> learner = mamlpp(mlp(hidden=(8,)), inner_steps=2, inner_lr=0.01, per_step_bn=False,
       ...                  msl_anneal_steps=10, first_order_until=1)
       >>> tx = optax.adam(optax.cosine_decay_schedule(1e-3, 100))
       >>> step = make_meta_step(learner, tx, sampler=sinusoid_sampler(num_tasks=4, k_shot=5))
@@ -154,22 +154,30 @@ def mamlpp(
       >>> state.params["rule"]["head"]["kernel"].shape
       (2,)
       >>> support = jax.tree.map(lambda x: x[0], sinusoid_tasks(jax.random.key(1), 1, 5)).support
-      >>> params, trace = learner.adapt(state.params, support, num_steps=5)
+      >>> params, trace = learner.adapt(state.params, support, inner_steps=5)
       >>> trace["support_loss"].shape, learner.predict(params, support.x).shape
       ((5,), (5, 1))
     """
-    _check_int("num_steps", num_steps, 1)
-    _check_int("msl_anneal_steps", msl_anneal_steps, 0)
-    _check_int("first_order_until", first_order_until, 0)
+    check_int("mamlpp: inner_steps", inner_steps, 1)
+    check_int("mamlpp: msl_anneal_steps", msl_anneal_steps, 0)
+    check_int("mamlpp: first_order_until", first_order_until, 0)
+    check_bool("mamlpp: multi_step_loss", multi_step_loss)
     if not callable(bn_paths):
         raise ValueError(f"mamlpp: bn_paths must be a function path -> bool; got {bn_paths!r}.")  # noqa: TRY004
-    rule = lslr(inner_lr, num_steps)  # validates inner_lr
+    rule = lslr(inner_lr, inner_steps)  # validates inner_lr
     unroll = resolve_unroll(unroll, model.family)
-    n_train = num_steps
+    n_train = inner_steps
     n_slices = n_train + 1
 
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     paths = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]]
+    if per_step_bn is None:
+        per_step_bn = any(jax.tree.leaves(mask_by_path(shapes, bn_paths)))
+    check_bool("mamlpp: per_step_bn (or None: when bn_paths selects a parameter)", per_step_bn)
+    if not per_step_bn and getattr(model, "eval_apply", None) is not None:
+        raise ValueError("mamlpp on a model that keeps BatchNorm statistics (bn_mode='running') "
+                         "keeps them per step: set per_step_bn=True (or use "
+                         "bn_mode='transductive').")
     if per_step_bn:
         bn_mask = mask_by_path(shapes, bn_paths)
         if not any(jax.tree.leaves(bn_mask)):
@@ -220,41 +228,25 @@ def mamlpp(
         return model.apply(jax.tree.map(pick, params, bn_mask, base_ndim), x)
 
     def run(meta, support: Batch, steps: int, first_order: bool, after_step=None):
-        """``steps`` inner steps; ``after_step(k, params)`` is stacked into ``trace["eval"]``."""
-        adapted, frozen = partition(meta["model"], adapt_mask)
-        rates = meta["rule"]
+        """``steps`` inner steps; ``after_step(k, params)`` is stacked into ``trace["eval"]``.
+        The forward passes of weights that have taken ``k`` steps use BatchNorm slice ``k``."""
 
-        def full(a, k):
-            return bn_slice(combine(a, frozen), jnp.minimum(k, n_train))
+        def loss(params, batch, k):
+            return batch_loss(bn_slice(params, jnp.minimum(k, n_train)), batch)
 
-        def step(carry, k):
-            a, state = carry
-            loss, grads = jax.value_and_grad(lambda a_: batch_loss(full(a_, k), support))(a)
-            if first_order:
-                grads = jax.lax.stop_gradient(grads)
-            updates, state = rule.update(grads, state, a, rates)
-            a = jax.tree.map(lambda p, u: p + u.astype(p.dtype), a, updates)
-            out = {"support_loss": loss}
-            if after_step is not None:
-                out["eval"] = after_step(k, full(a, k + 1))
-            return (a, state), out
+        def after(params, k):
+            return after_step(k - 1, bn_slice(params, jnp.minimum(k, n_train)))
 
-        if remat:
-            step = jax.checkpoint(step)
-        (adapted, _), trace = jax.lax.scan(
-            step, (adapted, rule.init(adapted)), jnp.arange(steps, dtype=jnp.int32),
-            unroll=(unroll and steps <= MAX_UNROLLED_STEPS) or 1,
-        )
-        return full(adapted, steps), trace
+        params, trace = inner_loop(
+            loss, rule, meta["model"], meta["rule"], support, steps, first_order=first_order,
+            remat=remat, mask=adapt_mask, eval_fn=None if after_step is None else after,
+            unroll=unroll, with_step=True)
+        return bn_slice(params, min(steps, n_train)), trace
 
-    def adapt(meta, support, *, num_steps=None, key=None, eval_fn=None, first_order=False):
+    def adapt(meta, support, *, inner_steps=None, key=None, eval_fn=None, first_order=False):
         del key
-        steps = n_train if num_steps is None else num_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(
-                f"mamlpp.adapt: num_steps must be a non-negative Python int (it fixes the scan "
-                f"length); got {num_steps!r}."
-            )
+        steps = n_train if inner_steps is None else inner_steps
+        check_int("mamlpp.adapt: inner_steps (it fixes the scan length)", steps, 0)
         after = None if eval_fn is None else (lambda k, p: eval_fn(p))
         return run(meta, support, steps, first_order, after)
 
@@ -307,9 +299,12 @@ def mamlpp(
         predict=predict,
         task_grad=task_grad,
         family=model.family,
-        num_steps=n_train,
+        inner_steps=n_train,
         uses_step=True,
     )
+
+
+register("mamlpp", mamlpp)
 
 
 @functools.lru_cache(maxsize=8)
@@ -318,7 +313,7 @@ def _per_step_stats_fn(model: Model, learner: MetaLearner):
     images and those after every inner step."""
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     base_ndim = jax.tree.map(lambda s: len(s.shape), shapes)
-    n_train = learner.num_steps
+    n_train = learner.inner_steps
 
     def slice0(params):
         return jax.tree.map(lambda p, nd: p[0] if p.ndim == nd + 1 else p, params, base_ndim)
@@ -327,7 +322,7 @@ def _per_step_stats_fn(model: Model, learner: MetaLearner):
     def one(meta, episode):
         x = episode.query.x
         first = model.stats_apply(slice0(meta["model"]), x)
-        _, trace = learner.adapt(meta, episode.support, num_steps=n_train,
+        _, trace = learner.adapt(meta, episode.support, inner_steps=n_train,
                                  eval_fn=lambda p: model.stats_apply(p, x))
         return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, trace["eval"])
 
@@ -360,7 +355,7 @@ def per_step_batch_stats(model: Model, learner: MetaLearner, meta: Params,
       >>> from jmeta.core._losses import cross_entropy_loss
       >>> from jmeta.models import conv4
       >>> model = conv4(1, 3, filters=4, image_size=16, bn_mode="running")
-      >>> learner = mamlpp(model, num_steps=2, loss_fn=cross_entropy_loss)
+      >>> learner = mamlpp(model, inner_steps=2, loss_fn=cross_entropy_loss)
       >>> meta = learner.init(jax.random.key(0))
       >>> x = jax.random.normal(jax.random.key(1), (6, 16, 16, 1))
       >>> ep = Episode(Batch(x[:3], jax.numpy.arange(3)), Batch(x, jax.numpy.arange(6) % 3))

@@ -9,9 +9,12 @@ import jax
 import jax.numpy as jnp
 
 from jmeta.algorithms._gradient import MetricFn
+from jmeta.algorithms._registry import register
+from jmeta.core._checks import check_bool, check_int, check_number
 from jmeta.core._losses import accuracy
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
+from jmeta.inner._lstm import lstm_cell, lstm_init
 from jmeta.models._functional import Model
 
 _EPS = 1e-8
@@ -20,46 +23,11 @@ CANDIDATE_INIT_SCALE = 0.1
 with small outputs, so the skip connections make FCE start close to the plain embeddings."""
 
 
-def lstm_init(key: PRNGKey, in_features: int, recurrent_features: int, hidden: int) -> Params:
-    """Parameters of one LSTM cell: ``{"w_x": [in, 4H], "w_h": [rec, 4H], "b": [4H]}``.
-
-    Gates are ordered ``(input, forget, candidate, output)``. Weights are uniform in
-    ``+-1/sqrt(H)`` (the usual LSTM default), the candidate-gate weights are scaled by
-    :data:`CANDIDATE_INIT_SCALE` and the forget-gate bias is 1.
-
-    Example:
-      >>> import jax
-      >>> p = lstm_init(jax.random.key(0), 3, 6, 4)
-      >>> p["w_x"].shape, p["w_h"].shape, p["b"].shape
-      ((3, 16), (6, 16), (16,))
-    """
-    kx, kh = jax.random.split(key)
-    bound = 1.0 / math.sqrt(hidden)
-    gate_scale = jnp.repeat(jnp.array([1.0, 1.0, CANDIDATE_INIT_SCALE, 1.0]), hidden)
-    w_x = jax.random.uniform(kx, (in_features, 4 * hidden), jnp.float32, -bound, bound)
-    w_h = jax.random.uniform(kh, (recurrent_features, 4 * hidden), jnp.float32, -bound, bound)
-    b = jnp.zeros((4 * hidden,), jnp.float32).at[hidden : 2 * hidden].set(1.0)
-    return {"w_x": w_x * gate_scale, "w_h": w_h * gate_scale, "b": b}
-
-
-def lstm_cell(
-    params: Params, x: jax.Array, h: jax.Array, c: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """One LSTM step: ``(x, h, c) -> (h', c')`` with ``c' = f*c + i*tanh(g)``, ``h' = o*tanh(c')``.
-
-    ``x`` is ``[..., in]``, ``h`` the recurrent input ``[..., rec]``, ``c`` the cell ``[..., H]``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> p = lstm_init(jax.random.key(0), 3, 4, 4)
-      >>> h, c = lstm_cell(p, jnp.ones((2, 3)), jnp.zeros((2, 4)), jnp.zeros((2, 4)))
-      >>> h.shape, c.shape
-      ((2, 4), (2, 4))
-    """
-    z = x @ params["w_x"] + h @ params["w_h"] + params["b"]
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    return jax.nn.sigmoid(o) * jnp.tanh(c), c
+def _cell_init(key: PRNGKey, in_features: int, recurrent: int, hidden: int) -> Params:
+    """One FCE LSTM cell: forget-gate bias 1, candidate weights scaled by
+    :data:`CANDIDATE_INIT_SCALE`."""
+    return lstm_init(key, in_features, hidden, recurrent=recurrent, forget_bias=1.0,
+                     candidate_scale=CANDIDATE_INIT_SCALE)
 
 
 def fce_support(rule: Params, emb: jax.Array) -> jax.Array:
@@ -70,8 +38,8 @@ def fce_support(rule: Params, emb: jax.Array) -> jax.Array:
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> rule = {"fwd": lstm_init(jax.random.key(0), 4, 4, 4),
-      ...         "bwd": lstm_init(jax.random.key(1), 4, 4, 4)}
+      >>> rule = {"fwd": _cell_init(jax.random.key(0), 4, 4, 4),
+      ...         "bwd": _cell_init(jax.random.key(1), 4, 4, 4)}
       >>> fce_support(rule, jnp.ones((5, 4))).shape
       (5, 4)
     """
@@ -103,7 +71,7 @@ def fce_query(rule: Params, emb: jax.Array, memory: jax.Array, steps: int) -> ja
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> att = lstm_init(jax.random.key(0), 4, 8, 4)
+      >>> att = _cell_init(jax.random.key(0), 4, 8, 4)
       >>> fce_query({"att": att}, jnp.ones((3, 4)), jnp.ones((5, 4)), steps=2).shape
       (3, 4)
     """
@@ -175,17 +143,18 @@ def matching_networks(
     support set (as in the paper); without FCE the classifier is invariant to it.
 
     * meta-parameters: ``{"model": embedding params, "rule": LSTM params}``, where ``rule`` is
-      ``{"fwd", "bwd", "att"}`` cells (each ``{"w_x", "w_h", "b"}``) with FCE and ``()`` without;
+      ``{"fwd", "bwd", "att"}`` cells (each ``{"kernel", "bias"}``, :func:`jmeta.inner.lstm_cell`)
+      with FCE and ``()`` without;
     * ``adapt(meta, support, ...)`` returns ``({"model", "rule", "memory": g [S, D],
       "memory_labels": one-hot [S, ways]}, trace)`` with ``trace["support_loss"]`` of shape ``[1]``
       (each support example classified with the whole support set as memory) and, if ``eval_fn``
-      is given, ``trace["eval"]`` repeated over ``max(num_steps or 1, 1)`` "steps";
+      is given, ``trace["eval"]`` repeated over ``max(inner_steps or 1, 1)`` "steps";
     * ``predict(task_params, x)`` returns ``[B, ways]`` log-probabilities. Given parameters
       without a memory (the bare embedding parameters, as ``jmeta.train.adaptation_curves``
       passes for "step 0"), it predicts chance: uniform log-probabilities ``-log(ways)``;
     * ``task_grad`` reports ``loss`` (query NLL), ``support_loss_before`` (support NLL) and
       ``metric_fn``'s query metrics (computed on the log-probabilities);
-    * ``num_steps`` is 0.
+    * ``inner_steps`` is 0; ``any_ways`` is True.
 
     Args:
       model: the embedding network, a functional :class:`jmeta.models.Model` returning
@@ -217,30 +186,14 @@ def matching_networks(
       >>> sorted(metrics), sorted(grads["rule"])
       (['accuracy', 'loss', 'support_loss_before'], ['att', 'bwd', 'fwd'])
     """
-    if isinstance(ways, bool) or not isinstance(ways, int) or ways < 2:
-        raise ValueError(f"matching_networks: ways must be an int >= 2; got {ways!r}.")
-    if not isinstance(fce, bool):
-        raise ValueError(  # noqa: TRY004
-            f"matching_networks: fce must be True or False; got {fce!r}."
-        )
-    if fce_steps is not None and (
-        isinstance(fce_steps, bool) or not isinstance(fce_steps, int) or fce_steps < 1
-    ):
-        raise ValueError(
-            f"matching_networks: fce_steps must be a positive int or None (the support size); "
-            f"got {fce_steps!r}."
-        )
-    if fce and (isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1):
-        raise ValueError(
-            "matching_networks: fce=True needs embed_dim, the size D of the embeddings "
-            f"model.apply returns ([B, D]), as a positive int; got {embed_dim!r}."
-        )
-    if not (
-        isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale < math.inf
-    ):
-        raise ValueError(
-            f"matching_networks: scale must be a positive finite number; got {scale!r}."
-        )
+    check_int("matching_networks: ways", ways, 2)
+    check_bool("matching_networks: fce", fce)
+    if fce_steps is not None:
+        check_int("matching_networks: fce_steps (or None: the support size)", fce_steps)
+    if fce:
+        check_int("matching_networks: fce=True needs embed_dim, the size D of the embeddings "
+                  "model.apply returns ([B, D]); embed_dim", embed_dim)
+    check_number("matching_networks: scale", scale)
 
     def init(key: PRNGKey) -> Params:
         model_key, fwd_key, bwd_key, att_key = jax.random.split(key, 4)
@@ -248,9 +201,9 @@ def matching_networks(
         if fce:
             d = embed_dim
             rule = {
-                "fwd": lstm_init(fwd_key, d, d, d),
-                "bwd": lstm_init(bwd_key, d, d, d),
-                "att": lstm_init(att_key, d, 2 * d, d),
+                "fwd": _cell_init(fwd_key, d, d, d),
+                "bwd": _cell_init(bwd_key, d, d, d),
+                "att": _cell_init(att_key, d, 2 * d, d),
             }
         return {"model": model.init(model_key), "rule": rule}
 
@@ -295,7 +248,7 @@ def matching_networks(
         # Unadapted (bare embedding parameters): no memory, so chance-level uniform predictions.
         return jnp.full((x.shape[0], ways), -math.log(ways), jnp.float32)
 
-    def adapt(meta, support, *, num_steps=None, key=None, eval_fn=None, first_order=False):
+    def adapt(meta, support, *, inner_steps=None, key=None, eval_fn=None, first_order=False):
         del key, first_order
         memory, labels, support_loss = fit(meta, support)
         task_params = {
@@ -306,7 +259,7 @@ def matching_networks(
         }
         trace = {"support_loss": support_loss[None]}
         if eval_fn is not None:
-            steps = max(num_steps or 1, 1)
+            steps = max(inner_steps or 1, 1)
             value = eval_fn(task_params)
             trace["eval"] = jax.tree.map(
                 lambda v: jnp.broadcast_to(v, (steps,) + jnp.shape(v)), value
@@ -333,5 +286,10 @@ def matching_networks(
         predict=predict,
         task_grad=task_grad,
         family=model.family,
-        num_steps=0,
+        inner_steps=0,
+        any_ways=True,
     )
+
+
+register("matching", matching_networks, network="embedding")
+register("matching_fce", matching_networks, network="embedding", fixed=dict(fce=True))

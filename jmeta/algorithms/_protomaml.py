@@ -10,6 +10,8 @@ import jax.numpy as jnp
 
 from jmeta.algorithms._gradient import LossFn, MetricFn, gradient_learner
 from jmeta.algorithms._protonets import prototypes_of
+from jmeta.algorithms._registry import register
+from jmeta.core._checks import check_int, check_number
 from jmeta.core._inner import InnerRule
 from jmeta.core._losses import accuracy, cross_entropy_loss
 from jmeta.core._meta import MetaLearner
@@ -41,7 +43,7 @@ def prototype_head(features: jax.Array, labels: jax.Array, ways: int,
 def protomaml(
     model: Model,
     inner_lr: float = 0.01,
-    num_steps: int = 1,
+    inner_steps: int = 1,
     *,
     ways: int,
     scale: float = 1.0,
@@ -72,7 +74,7 @@ def protomaml(
       model: a :class:`jmeta.models.Model` with ``features`` whose head has ``ways`` outputs
         (``mlp``, ``conv4``, ``resnet12``, ``bert_lora`` with ``num_classes=ways``).
       inner_lr: SGD step size of the inner loop (ignored when ``rule`` is given).
-      num_steps: inner steps during meta-training.
+      inner_steps: inner steps during meta-training.
       ways: classes per episode; labels are ``0..ways-1``.
       scale: multiplies the prototype logits (``scale * -|f - c_k|^2``): a temperature for
         embeddings of small norm (unit-norm sentence embeddings want about 5, the
@@ -93,10 +95,13 @@ def protomaml(
       >>> adapted["head"]["kernel"].shape, trace["support_loss"].shape
       ((8, 3), (1,))
     """
-    if isinstance(ways, bool) or not isinstance(ways, int) or ways < 2:
-        raise ValueError(f"protomaml: ways must be an int >= 2; got {ways!r}.")
-    if not scale > 0:
-        raise ValueError(f"protomaml: scale must be positive; got {scale!r}.")
+    check_int("protomaml: ways", ways, 2)
+    check_number("protomaml: scale", scale)
+    if getattr(model, "eval_apply", None) is not None:
+        raise ValueError(
+            "protomaml builds each task's head from training-mode features, which a model with "
+            "stored BatchNorm statistics (bn_mode='running') does not have at test time: use "
+            "bn_mode='transductive'.")
     if getattr(model, "features", None) is None:
         raise ValueError(
             "protomaml: the model has no features (the input of its linear head): use "
@@ -113,7 +118,7 @@ def protomaml(
     return gradient_learner(
         model,
         rule if rule is not None else sgd(inner_lr),
-        num_steps,
+        inner_steps,
         loss_fn=loss_fn,
         first_order=first_order,
         remat=remat,
@@ -125,3 +130,6 @@ def protomaml(
         head_features=head_features,
         head_init=head_init,
     )
+
+
+register("protomaml", protomaml)

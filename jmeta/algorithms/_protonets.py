@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from jmeta.algorithms._gradient import MetricFn
+from jmeta.algorithms._registry import register
+from jmeta.core._checks import check_choice, check_int
 from jmeta.core._losses import accuracy, cross_entropy_loss
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
@@ -66,14 +68,14 @@ def protonets(
     * meta-parameters: ``{"model": embedding params, "rule": ()}``;
     * ``adapt(meta, support, ...)`` returns ``({"model": params, "prototypes": [ways, D]},
       trace)`` with ``trace["support_loss"]`` of shape ``[1]`` and, if ``eval_fn`` is given,
-      ``trace["eval"]`` stacked over ``max(num_steps or 1, 1)`` identical "steps" (more steps
+      ``trace["eval"]`` stacked over ``max(inner_steps or 1, 1)`` identical "steps" (more steps
       change nothing for a closed-form learner);
     * ``predict(task_params, x)`` returns ``[B, ways]`` logits. Given parameters without
       prototypes (the bare embedding parameters, as ``jmeta.train.adaptation_curves`` passes
       for "step 0"), the unadapted ProtoNet predicts chance: uniform (all-zero) logits;
     * ``task_grad`` reports ``loss`` (query cross-entropy), ``support_loss_before`` (support
       cross-entropy with the prototypes) and ``metric_fn``'s query metrics;
-    * ``num_steps`` is 0.
+    * ``inner_steps`` is 0; ``any_ways`` is True (test on episodes of any number of classes).
 
     Args:
       model: the embedding network, a functional :class:`jmeta.models.Model`.
@@ -99,10 +101,8 @@ def protonets(
       >>> sorted(metrics)
       ['accuracy', 'loss', 'support_loss_before']
     """
-    if distance not in DISTANCES:
-        raise ValueError(f"protonets: unknown distance {distance!r}; choose one of {DISTANCES}.")
-    if isinstance(ways, bool) or not isinstance(ways, int) or ways < 2:
-        raise ValueError(f"protonets: ways must be an int >= 2; got {ways!r}.")
+    check_choice("protonets: distance", distance, DISTANCES)
+    check_int("protonets: ways", ways, 2)
 
     def init(key: PRNGKey) -> Params:
         return {"model": model.init(key), "rule": ()}
@@ -119,7 +119,7 @@ def protonets(
         # Unadapted (bare embedding parameters): no prototypes, so chance-level uniform logits.
         return jnp.zeros((x.shape[0], ways), jnp.float32)
 
-    def adapt(meta, support, *, num_steps=None, key=None, eval_fn=None, first_order=False):
+    def adapt(meta, support, *, inner_steps=None, key=None, eval_fn=None, first_order=False):
         del key, first_order
         params = meta["model"]
         prototypes = fit_prototypes(params, support)
@@ -127,7 +127,7 @@ def protonets(
         support_loss = cross_entropy_loss(classify(params, prototypes, support.x), support.y)
         trace = {"support_loss": support_loss[None]}
         if eval_fn is not None:
-            steps = max(num_steps or 1, 1)
+            steps = max(inner_steps or 1, 1)
             value = eval_fn(task_params)
             trace["eval"] = jax.tree.map(
                 lambda v: jnp.broadcast_to(v, (steps,) + jnp.shape(v)), value
@@ -157,5 +157,9 @@ def protonets(
         predict=predict,
         task_grad=task_grad,
         family=model.family,
-        num_steps=0,
+        inner_steps=0,
+        any_ways=True,
     )
+
+
+register("protonets", protonets, network="embedding")

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg
 
 from jmeta.algorithms._gradient import MetricFn
+from jmeta.algorithms._registry import register
+from jmeta.core._checks import check_bool, check_int, check_number
 from jmeta.core._losses import accuracy, cross_entropy_loss
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
@@ -61,13 +63,13 @@ def r2d2(
       (scalars);
     * ``adapt(meta, support, ...)`` returns ``({"model", "rule", "weights": W [D(+1), ways]},
       trace)`` with ``trace["support_loss"]`` of shape ``[1]`` and, if ``eval_fn`` is given,
-      ``trace["eval"]`` repeated over ``max(num_steps or 1, 1)`` "steps";
+      ``trace["eval"]`` repeated over ``max(inner_steps or 1, 1)`` "steps";
     * ``predict(task_params, x)`` returns ``[B, ways]`` logits. Given parameters without ridge
       weights (the bare embedding parameters, as ``jmeta.train.adaptation_curves`` passes for
       "step 0"), it predicts chance: uniform (all-zero) logits;
     * ``task_grad`` reports ``loss`` (query cross-entropy), ``support_loss_before`` (support
       cross-entropy of the fitted head) and ``metric_fn``'s query metrics;
-    * ``num_steps`` is 0.
+    * ``inner_steps`` is 0; ``any_ways`` is True.
 
     Args:
       model: the embedding network, a functional :class:`jmeta.models.Model` returning
@@ -98,20 +100,12 @@ def r2d2(
       >>> sorted(metrics)
       ['accuracy', 'loss', 'support_loss_before']
     """
-    if isinstance(ways, bool) or not isinstance(ways, int) or ways < 2:
-        raise ValueError(f"r2d2: ways must be an int >= 2; got {ways!r}.")
-
-    def _finite_number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    if not (_finite_number(lam_init) and lam_init > 0):
-        raise ValueError(f"r2d2: lam_init must be a positive finite number; got {lam_init!r}.")
-    if not (_finite_number(scale_init) and scale_init != 0):
+    check_int("r2d2: ways", ways, 2)
+    check_number("r2d2: lam_init", lam_init)
+    check_number("r2d2: scale_init", scale_init, low=-math.inf)
+    if scale_init == 0:
         raise ValueError(f"r2d2: scale_init must be a non-zero finite number; got {scale_init!r}.")
-    if not isinstance(bias_column, bool):
-        raise ValueError(  # noqa: TRY004
-            f"r2d2: bias_column must be True or False; got {bias_column!r}."
-        )
+    check_bool("r2d2: bias_column", bias_column)
 
     def init(key: PRNGKey) -> Params:
         rule = {
@@ -150,13 +144,13 @@ def r2d2(
         # Unadapted (bare embedding parameters): no ridge head, so chance-level uniform logits.
         return jnp.zeros((x.shape[0], ways), jnp.float32)
 
-    def adapt(meta, support, *, num_steps=None, key=None, eval_fn=None, first_order=False):
+    def adapt(meta, support, *, inner_steps=None, key=None, eval_fn=None, first_order=False):
         del key, first_order
         weights, support_loss = fit(meta, support)
         task_params = {"model": meta["model"], "rule": meta["rule"], "weights": weights}
         trace = {"support_loss": support_loss[None]}
         if eval_fn is not None:
-            steps = max(num_steps or 1, 1)
+            steps = max(inner_steps or 1, 1)
             value = eval_fn(task_params)
             trace["eval"] = jax.tree.map(
                 lambda v: jnp.broadcast_to(v, (steps,) + jnp.shape(v)), value
@@ -182,5 +176,9 @@ def r2d2(
         predict=predict,
         task_grad=task_grad,
         family=model.family,
-        num_steps=0,
+        inner_steps=0,
+        any_ways=True,
     )
+
+
+register("r2d2", r2d2, network="embedding")

@@ -6,8 +6,11 @@ from collections.abc import Callable
 
 import jax
 
-from jmeta.algorithms._gradient import LossFn, MetricFn, _check_steps, query_metrics
-from jmeta.core._inner import InnerRule, inner_loop, mse_loss, resolve_unroll, support_minibatches
+from jmeta.algorithms._gradient import LossFn, MetricFn, query_metrics
+from jmeta.algorithms._registry import register
+from jmeta.core._checks import check_int
+from jmeta.core._inner import (InnerRule, inner_loop, mse_loss, resolve_unroll, rule_learns,
+                               support_minibatches)
 from jmeta.core._meta import MetaLearner
 from jmeta.core._tree import mask_by_path
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
@@ -18,7 +21,7 @@ from jmeta.models._functional import Model
 def reptile(
     model: Model,
     inner_lr: float = 0.01,
-    num_steps: int = 5,
+    inner_steps: int = 5,
     *,
     loss_fn: LossFn = mse_loss,
     rule: InnerRule | None = None,
@@ -58,18 +61,26 @@ def reptile(
       >>> from jmeta.core import init_state, make_meta_step
       >>> from jmeta.data import sinusoid_sampler
       >>> from jmeta.models import mlp
-      >>> learner = reptile(mlp(), inner_lr=0.02, num_steps=5)
+      >>> learner = reptile(mlp(), inner_lr=0.02, inner_steps=5)
       >>> tx = optax.sgd(1.0)
       >>> step = make_meta_step(learner, tx, sampler=sinusoid_sampler(num_tasks=5, k_shot=10))
       >>> state, metrics = step(init_state(learner, tx, jax.random.key(0)))
       >>> sorted(metrics)
       ['grad_norm', 'loss', 'support_loss_before']
     """
-    _check_steps("reptile", num_steps)
-    if inner_batch is not None and (not isinstance(inner_batch, int) or inner_batch < 1):
-        raise ValueError(f"inner_batch must be a positive int or None; got {inner_batch!r}.")
+    check_int("reptile: inner_steps", inner_steps)
+    if inner_batch is not None:
+        check_int("reptile: inner_batch (or None: full-batch steps)", inner_batch)
     rule = rule if rule is not None else sgd(inner_lr)
     unroll = resolve_unroll(unroll, model.family)
+    if rule_learns(rule, model.init):
+        raise ValueError(
+            "reptile: the inner rule has learnable pieces (such as meta_sgd rates or LSTM "
+            "weights), but Reptile's meta-gradient (meta_params - adapted_params) cannot "
+            "train them; use a rule with nothing to learn (sgd, from_optax), fix a trained "
+            "rule with jmeta.inner.frozen_rule(rule, rule_meta), or meta-train the rule "
+            "with maml/fomaml."
+        )
 
     def mask_of(params):
         return None if adapt_filter is None else mask_by_path(params, adapt_filter)
@@ -77,24 +88,16 @@ def reptile(
     def init(key: PRNGKey) -> Params:
         model_key, rule_key = jax.random.split(key)
         params = model.init(model_key)
-        rule_meta = rule.init_meta(rule_key, params)
-        if jax.tree.leaves(rule_meta):
-            raise ValueError(
-                "reptile: the inner rule has learnable pieces (such as meta_sgd rates or LSTM "
-                "weights), but Reptile's meta-gradient (meta_params - adapted_params) cannot "
-                "train them; use a rule with nothing to learn (sgd, from_optax), fix a trained "
-                "rule with jmeta.inner.frozen_rule(rule, rule_meta), or meta-train the rule "
-                "with maml/fomaml."
-            )
-        return {"model": params, "rule": rule_meta}
+        return {"model": params, "rule": rule.init_meta(rule_key, params)}
 
     def batch_loss(params: Params, batch: Batch) -> jax.Array:
         return loss_fn(model.apply(params, batch.x), batch.y)
 
-    def adapt(meta, support, *, num_steps=num_steps, key=None, eval_fn=None, first_order=True):
+    def adapt(meta, support, *, inner_steps=inner_steps, key=None, eval_fn=None,
+              first_order=True):
         del key, first_order
         return inner_loop(
-            batch_loss, rule, meta["model"], meta["rule"], support, num_steps, eval_fn=eval_fn,
+            batch_loss, rule, meta["model"], meta["rule"], support, inner_steps, eval_fn=eval_fn,
             unroll=unroll, mask=mask_of(meta["model"]),
         )
 
@@ -109,9 +112,9 @@ def reptile(
                     f"inner_batch={inner_batch} is larger than the support set ({n} examples); "
                     "lower inner_batch or sample more shots per class in training."
                 )
-            batches = support_minibatches(key, episode.support, num_steps, inner_batch)
+            batches = support_minibatches(key, episode.support, inner_steps, inner_batch)
             params, trace = inner_loop(batch_loss, rule, meta["model"], meta["rule"], batches,
-                                       num_steps, per_step_batches=True, unroll=unroll,
+                                       inner_steps, per_step_batches=True, unroll=unroll,
                                        mask=mask_of(meta["model"]))
         grads = {
             "model": jax.tree.map(lambda m, p: m - p, meta["model"], params),
@@ -126,7 +129,16 @@ def reptile(
         predict=model.apply,
         task_grad=task_grad,
         family=model.family,
-        num_steps=num_steps,
+        inner_steps=inner_steps,
     )
 
 
+@register("reptile", options=reptile)
+def _from_config(env, **options) -> MetaLearner:
+    """``learner=dict(name="reptile", ...)``; ``inner_batch`` must fit the training support set."""
+    batch = options.get("inner_batch")
+    if batch is not None and batch > env.support_size:
+        raise ValueError(
+            f"inner_batch={batch} exceeds the training support set ({env.support_size} "
+            "examples: ways x train_shots): lower inner_batch or raise data.train_shots.")
+    return env.build(reptile, options)

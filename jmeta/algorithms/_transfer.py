@@ -13,9 +13,13 @@ import optax
 
 from jmeta.algorithms._gradient import MetricFn
 from jmeta.algorithms._protonets import prototypes_of
+from jmeta.algorithms._registry import register
+from jmeta.core._checks import check_choice, check_int, check_number
+from jmeta.core._inner import inner_loop
 from jmeta.core._losses import accuracy
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
+from jmeta.inner._rules import momentum_sgd
 from jmeta.models._functional import Model
 
 HEADS = ("linear", "cosine")
@@ -45,14 +49,6 @@ def _logits(head: Params, embeddings: jax.Array, kind: str, scale: float) -> jax
     return scale * _normalise(embeddings, -1) @ _normalise(head["kernel"], 0)
 
 
-def _is_int(value, low: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= low
-
-
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))
-
-
 def transfer_baseline(
     model: Model,
     *,
@@ -68,6 +64,7 @@ def transfer_baseline(
     finetune_dampening: float = 0.9,
     finetune_weight_decay: float = 0.001,
     cosine_scale: float | None = None,
+    pretrain_batch: int = 16,
     metric_fn: MetricFn | None = accuracy,
 ) -> MetaLearner:
     """Baseline (``head="linear"``) and Baseline++ (``head="cosine"``) of Chen et al. 2019.
@@ -82,16 +79,17 @@ def transfer_baseline(
     the softmax cross-entropy of the pre-training classifier over ``num_classes`` base classes
     on ``episode.query`` (global labels ``0..num_classes-1``) with respect to the embedding and
     that classifier; ``episode.support`` is ignored (it may be empty). Its metrics are ``loss``
-    and ``metric_fn``'s (pre-training accuracy on the batch by default).
+    and ``metric_fn``'s (pre-training accuracy on the batch by default). The learner's
+    ``class_batches`` is ``pretrain_batch``: a config trains it on class batches of that size.
 
     * meta-parameters: ``{"model": embedding params, "head": pre-training classifier}``; the
       classifier is ``{"kernel": [D, num_classes], "bias": [num_classes]}`` (linear, logits
       ``e @ kernel + bias``) or ``{"kernel": [D, num_classes]}`` (cosine, logits ``scale *
       cos(e, kernel[:, c])``), initialised uniformly in ``+-1/sqrt(D)`` with a zero bias.
 
-    **Fine-tuning** is ``adapt(meta, support, *, num_steps=None, key=None, eval_fn=None)``:
+    **Fine-tuning** is ``adapt(meta, support, *, inner_steps=None, key=None, eval_fn=None)``:
     the embedding is frozen and applied once to the support set; a NEW ``ways``-class head of
-    the same kind is trained on the support embeddings for ``num_steps`` (default
+    the same kind is trained on the support embeddings for ``inner_steps`` (default
     ``finetune_steps``) steps of SGD with momentum, dampening and weight decay with PyTorch's
     semantics (``g += wd * p``; ``buf = g`` at the first step, then ``buf = momentum * buf + (1 -
     dampening) * g``; ``p -= lr * buf``); the defaults (lr 0.01, momentum 0.9, dampening 0.9,
@@ -112,13 +110,15 @@ def transfer_baseline(
     * returns ``({"model": embedding params, "task_head": head}, trace)`` with
       ``trace["support_loss"][t]`` the cross-entropy on the WHOLE support set before step ``t``
       and, if ``eval_fn`` is given, ``trace["eval"][t] = eval_fn(task params after step t)``;
-      both have ``max(num_steps, 1)`` entries (with ``num_steps=0``, the values of the initial
-      head);
+      both have ``max(inner_steps, 1)`` entries (with ``inner_steps=0``, the values of the
+      initial head);
     * ``predict(task_params, x)`` returns ``[B, ways]`` logits; given parameters without a
       task head (the bare embedding parameters that ``jmeta.train.adaptation_curves`` passes
       for "step 0", or the meta-parameters), it predicts chance: all-zero logits.
 
-    ``num_steps`` of the learner is ``finetune_steps``.
+    ``inner_steps`` of the learner is ``finetune_steps``; ``any_ways`` is True (the new head
+    has as many classes as the test episode). The fine-tuning steps are
+    :func:`jmeta.core.inner_loop` with the rule :func:`jmeta.inner.momentum_sgd`.
 
     Args:
       model: the embedding network, a functional :class:`jmeta.models.Model`.
@@ -133,6 +133,7 @@ def transfer_baseline(
         fine-tuning.
       finetune_batch: support examples per step, or ``None`` for the whole support set.
       cosine_scale: fixed temperature of the cosine logits (both heads), or ``None``.
+      pretrain_batch: examples per class batch of the pre-training (``class_batches``).
       metric_fn: ``(logits, labels) -> dict`` of extra metrics of pre-training, or ``None``.
 
     Example (Baseline++ with a tiny MLP embedding, a 3-way 2-shot task):
@@ -154,43 +155,25 @@ def transfer_baseline(
       >>> sorted(metrics)
       ['accuracy', 'loss']
     """
-    if head not in HEADS:
-        raise ValueError(f"transfer_baseline: unknown head {head!r}; choose one of {HEADS}.")
-    for name, value in (("num_classes", num_classes), ("ways", ways)):
-        if not _is_int(value, 2):
-            raise ValueError(f"transfer_baseline: {name} must be an int >= 2; got {value!r}.")
-    if not _is_int(finetune_steps, 0):
-        raise ValueError(
-            f"transfer_baseline: finetune_steps must be an int >= 0; got {finetune_steps!r}."
-        )
-    if finetune_batch is not None and not _is_int(finetune_batch, 1):
-        raise ValueError(
-            "transfer_baseline: finetune_batch must be a positive int, or None for the whole "
-            f"support set; got {finetune_batch!r}."
-        )
-    if not _is_number(finetune_lr) or finetune_lr <= 0:
-        raise ValueError(f"transfer_baseline: finetune_lr must be > 0; got {finetune_lr!r}.")
-    for name, value in (
-        ("finetune_momentum", finetune_momentum),
-        ("finetune_dampening", finetune_dampening),
-    ):
-        if not _is_number(value) or not 0 <= value <= 1:
-            raise ValueError(f"transfer_baseline: {name} must lie in [0, 1]; got {value!r}.")
-    if not _is_number(finetune_weight_decay) or finetune_weight_decay < 0:
-        raise ValueError(
-            f"transfer_baseline: finetune_weight_decay must be >= 0; got {finetune_weight_decay!r}."
-        )
-    if cosine_scale is not None and (not _is_number(cosine_scale) or cosine_scale <= 0):
-        raise ValueError(
-            f"transfer_baseline: cosine_scale must be > 0, or None for the default; got "
-            f"{cosine_scale!r}."
-        )
+    name = "transfer_baseline"
+    check_choice(f"{name}: head", head, HEADS)
+    check_int(f"{name}: num_classes", num_classes, 2)
+    check_int(f"{name}: ways", ways, 2)
+    check_int(f"{name}: finetune_steps", finetune_steps, 0)
+    check_int(f"{name}: pretrain_batch", pretrain_batch)
+    if finetune_batch is not None:
+        check_int(f"{name}: finetune_batch (or None for the whole support set)", finetune_batch)
+    if cosine_scale is not None:
+        check_number(f"{name}: cosine_scale (or None for the default)", cosine_scale)
+    try:  # the fine-tuning rule checks the step size, momentum, dampening and weight decay
+        rule = momentum_sgd(finetune_lr, momentum=finetune_momentum,
+                            dampening=finetune_dampening, weight_decay=finetune_weight_decay)
+    except ValueError as err:
+        raise ValueError(f"{name}: finetune_{str(err).split(': ', 1)[1]}") from err
     dim = _embed_dim(model, embed_dim, input_shape)
     embed_eval = getattr(model, "eval_apply", None) or model.apply
     pre_scale = float(cosine_scale or default_cosine_scale(num_classes))
     task_scale = float(cosine_scale or default_cosine_scale(ways))
-    lr, momentum = float(finetune_lr), float(finetune_momentum)
-    dampening, decay = float(finetune_dampening), float(finetune_weight_decay)
 
     def init(key: PRNGKey) -> Params:
         model_key, head_key = jax.random.split(key)
@@ -227,14 +210,10 @@ def transfer_baseline(
         # No task head (bare embedding or meta-parameters): chance-level uniform logits.
         return jnp.zeros((x.shape[0], ways), jnp.float32)
 
-    def adapt(meta, support, *, num_steps=None, key=None, eval_fn=None, first_order=False):
+    def adapt(meta, support, *, inner_steps=None, key=None, eval_fn=None, first_order=False):
         del first_order
-        steps = finetune_steps if num_steps is None else num_steps
-        if not _is_int(steps, 0):
-            raise ValueError(
-                f"transfer_baseline: num_steps must be a non-negative Python int (it fixes the "
-                f"scan length); got {steps!r}."
-            )
+        steps = finetune_steps if inner_steps is None else inner_steps
+        check_int(f"{name}: inner_steps (it fixes the scan length)", steps, 0)
         body = meta["model"]
         embeddings = jax.lax.stop_gradient(embed_eval(body, support.x))
         labels = support.y
@@ -266,34 +245,24 @@ def transfer_baseline(
             return {"model": body, "task_head": task_head}
 
         head0 = initial_head(embeddings, labels)
+        before = weighted_loss(head0, uniform)[None]
         if steps == 0:
-            trace = {"support_loss": weighted_loss(head0, uniform)[None]}
+            trace = {"support_loss": before}
             if eval_fn is not None:
                 trace["eval"] = jax.tree.map(lambda v: jnp.asarray(v)[None], eval_fn(full(head0)))
             return full(head0), trace
 
-        def step(carry, t):
-            task_head, buf = carry
-            loss = weighted_loss(task_head, uniform)
-            grads = jax.grad(weighted_loss)(task_head, batch_weights(t))
-            grads = jax.tree.map(lambda g, p: g + decay * p, grads, task_head)
-            if momentum > 0:
-                buf = jax.tree.map(
-                    lambda b, g: jnp.where(t == 0, g, momentum * b + (1.0 - dampening) * g),
-                    buf,
-                    grads,
-                )
-                direction = buf
-            else:
-                direction = grads
-            task_head = jax.tree.map(lambda p, d: p - lr * d, task_head, direction)
-            out = {"support_loss": loss}
-            if eval_fn is not None:
-                out["eval"] = eval_fn(full(task_head))
-            return (task_head, buf), out
+        def after(task_head, _):  # the whole support set's loss, and eval_fn, after each step
+            return weighted_loss(task_head, uniform), (
+                () if eval_fn is None else eval_fn(full(task_head)))
 
-        buf0 = jax.tree.map(jnp.zeros_like, head0)
-        (task_head, _), trace = jax.lax.scan(step, (head0, buf0), jnp.arange(steps))
+        task_head, steps_trace = inner_loop(
+            lambda h, _, t: weighted_loss(h, batch_weights(t)), rule, head0, (), support, steps,
+            eval_fn=after, with_step=True)
+        losses, evals = steps_trace["eval"]
+        trace = {"support_loss": jnp.concatenate([before, losses[:-1]])}
+        if eval_fn is not None:
+            trace["eval"] = evals
         return full(task_head), trace
 
     return MetaLearner(
@@ -302,7 +271,9 @@ def transfer_baseline(
         predict=predict,
         task_grad=task_grad,
         family=model.family,
-        num_steps=finetune_steps,
+        inner_steps=finetune_steps,
+        any_ways=True,
+        class_batches=pretrain_batch,
     )
 
 
@@ -312,15 +283,13 @@ def _embed_dim(model: Model, embed_dim, input_shape) -> int:
             "transfer_baseline: pass embed_dim (the width D of the embeddings) or input_shape "
             "(the shape of one example, to infer D) so that init can build the classifier."
         )
-    if embed_dim is not None and not _is_int(embed_dim, 1):
-        raise ValueError(f"transfer_baseline: embed_dim must be a positive int; got {embed_dim!r}.")
+    if embed_dim is not None:
+        check_int("transfer_baseline: embed_dim", embed_dim)
     if input_shape is None:
         return embed_dim
     shape = tuple(input_shape)
-    if not all(_is_int(s, 1) for s in shape):
-        raise ValueError(
-            f"transfer_baseline: input_shape must be a tuple of positive ints; got {input_shape!r}."
-        )
+    for s in shape:
+        check_int(f"transfer_baseline: input_shape {input_shape!r}: each size", s)
     out = jax.eval_shape(
         lambda k: model.apply(model.init(k), jnp.zeros((2,) + shape, jnp.float32)),
         jax.random.key(0),
@@ -336,3 +305,7 @@ def _embed_dim(model: Model, embed_dim, input_shape) -> int:
             f"{out.shape[1]} on inputs of shape {shape}."
         )
     return int(out.shape[1])
+
+
+register("baseline", transfer_baseline, network="embedding", fixed=dict(head="linear"))
+register("baseline++", transfer_baseline, network="embedding", fixed=dict(head="cosine"))
