@@ -1,14 +1,14 @@
 """A trained run as an object: ``jmeta.load(RUN_DIR)`` adapts to new support sets and predicts.
 
-Image runs adapt to images (files, PIL images, arrays); text runs (``task="banking77"`` or
-``"text"``) to lists of strings, tokenized as in training.
+Image runs adapt to images (files, PIL images, arrays); runs on a dataset with its own encoding
+(text: ``data.name="banking77"`` or ``"text"``) to its raw examples, lists of strings,
+tokenized as in training.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -65,12 +65,12 @@ class TrainedLearner:
 
     @property
     def ways(self) -> int:
-        return self.config.ways
+        return self.config.data.ways
 
     @property
     def test_steps(self) -> int:
-        """Inner steps used at test time by default: the largest of the config's ``eval_steps``."""
-        return max(self.config.eval_steps) if self.config.eval_steps else self.learner.num_steps
+        """Inner steps used at test time by default: the largest of the config's ``eval.steps``."""
+        return max(self.config.eval.steps) if self.config.eval.steps else self.learner.inner_steps
 
     def preprocess(self, images) -> np.ndarray:
         """Images as the network saw them in training: ``float32 [N, S, S, C]`` in [0, 1].
@@ -98,21 +98,19 @@ class TrainedLearner:
             )
         return np.stack([_convert(im, fmt) for im in images]).astype(np.float32) / 255.0
 
-    def adapt(self, support_x, support_y: Sequence, *, num_steps: int | None = None,
+    def adapt(self, support_x, support_y: Sequence, *, inner_steps: int | None = None,
               classes: Sequence | None = None) -> AdaptedLearner:
         """Adapts to a labelled support set (N-way K-shot) and returns the adapted learner.
 
         ``support_y`` holds any hashable labels (strings or ints); they are mapped to
         ``0..N-1`` in sorted order, or in the order of ``classes`` when given (then every
         class needs at least one support example, and every label must be one of them).
-        ``num_steps`` defaults to :attr:`test_steps`.
+        ``inner_steps`` defaults to :attr:`test_steps`.
 
         Raises ``ValueError`` for an empty support set, a class without support examples, or
         a number of classes the learner cannot handle (a gradient-based learner's head has
         exactly ``ways`` outputs).
         """
-        from jmeta.train._config import WAYS_FREE
-
         if isinstance(support_y, str):
             raise ValueError("support_y must be a list of labels, one per support example; got "
                              "one string.")
@@ -126,15 +124,14 @@ class TrainedLearner:
         labels = _class_order(support_y, classes)
         if len(labels) < 2:
             raise ValueError("The support set needs at least 2 distinct labels.")
-        fixed = self.config.algorithm not in WAYS_FREE
-        if fixed and len(labels) != self.ways:
+        if not self.learner.any_ways and len(labels) != self.ways:
             raise ValueError(
-                f"This {self.config.algorithm} learner was trained {self.ways}-way (its head has "
+                f"This {self.config.learner.name} learner was trained {self.ways}-way (its head has "
                 f"{self.ways} outputs); the support set has {len(labels)} classes: {labels[:10]}."
             )
         index = {label: i for i, label in enumerate(labels)}
         y = jnp.asarray([index[label] for label in support_y], jnp.int32)
-        steps = self.test_steps if num_steps is None else num_steps
+        steps = self.test_steps if inner_steps is None else inner_steps
         adapt, predict = self._compiled(len(labels))
         params = adapt(self.meta_params, Batch(jnp.asarray(x), y), steps)
         return AdaptedLearner(self.preprocess, predict, params, labels)
@@ -150,19 +147,21 @@ class TrainedLearner:
 def _jitted(config, ways: int):
     """``(adapt, predict)`` jitted once per config and ways in a process: runs loaded again (or
     by ``jmeta predict`` after ``jmeta.load``) reuse the compiled functions."""
-    from jmeta.train._build import build_learner, model_task
+    from jmeta.train import build_learner, model_task
 
-    cfg = config.replace(ways=ways)
-    learner = build_learner(cfg, model_task(cfg))
-    return (jax.jit(lambda m, s, n: learner.adapt(m, s, num_steps=n)[0], static_argnums=2),
+    cfg = config.replace(data=dict(ways=ways), eval=dict(ways=0))
+    learner = build_learner(cfg, model_task(cfg), test=True)
+    return (jax.jit(lambda m, s, n: learner.adapt(m, s, inner_steps=n)[0], static_argnums=2),
             jax.jit(learner.predict))
 
 
 class TextLearner(TrainedLearner):
-    """A meta-trained text classifier (``task="banking77"`` or ``"text"``) loaded by :func:`load`.
+    """A meta-trained learner on a dataset with its own encoding of raw examples (text:
+    ``data.name="banking77"`` or ``"text"``), loaded by :func:`load`.
 
-    Support sets and queries are lists of strings, tokenized inside exactly as in training
-    (the run's ``max_length`` and tokenizer); predictions are the support set's label names.
+    Support sets and queries are the dataset's raw examples, lists of strings for text,
+    encoded exactly as in training (the run's ``max_length`` and tokenizer); predictions are
+    the support set's label names.
 
     Example::
 
@@ -173,36 +172,18 @@ class TextLearner(TrainedLearner):
         adapted.predict(["Where is my new card?", "Refund please"])   # ['arrival', 'refund']
     """
 
-    def __init__(self, config, learner, meta_params, checkpoint_step):
+    def __init__(self, config, learner, meta_params, checkpoint_step, encode):
         super().__init__(config, learner, meta_params, checkpoint_step, image_format={})
+        self._encode = encode
 
     @property
     def max_length(self) -> int:
-        return self.config.max_length
+        return self.config.data.max_length
 
     def preprocess(self, texts) -> np.ndarray:
-        """Token ids ``int32 [N, max_length]`` of a list of strings (or ids already made so,
-        used as they are)."""
-        from jmeta.models._bert import tokenize
-
-        if isinstance(texts, np.ndarray) and texts.dtype.kind in "iu":
-            if texts.ndim != 2 or texts.shape[1] != self.max_length:
-                raise ValueError(f"Token ids must have shape [N, {self.max_length}]; got "
-                                 f"{texts.shape}. Pass strings to have them tokenized.")
-            return texts.astype(np.int32)
-        if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence | np.ndarray):
-            raise ValueError(f"Pass a list of texts (strings); got {type(texts).__name__}.")
-        texts = list(texts)
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise ValueError(f"Texts must be strings; item {bad[0]} is "
-                             f"{type(texts[bad[0]]).__name__}.")
-        empty = [i for i, t in enumerate(texts) if not t.strip()]
-        if empty:
-            raise ValueError(f"Text {empty[0]} is empty (after stripping spaces).")
-        if not texts:
-            return np.zeros((0, self.max_length), np.int32)
-        return tokenize(texts, self.max_length, path=self.config.bert_path or None)
+        """Model inputs of raw examples: token ids ``int32 [N, max_length]`` of a list of
+        strings (or ids already made so, used as they are)."""
+        return self._encode(texts)
 
 
 def _class_order(support_y: list, classes) -> list:
@@ -259,8 +240,9 @@ def load(run_dir: str | os.PathLike, *, checkpoint: str | int = "best") -> Train
     """Loads a trained classification run: a learner that adapts to any support set.
 
     ``checkpoint="best"`` (default) takes the checkpoint with the best validation score,
-    ``"final"`` the final meta-parameters, an int that step. No dataset is needed. A text run
-    gives a :class:`TextLearner` (support and queries are lists of strings).
+    ``"final"`` the final meta-parameters, an int that step. No dataset is needed. A run on a
+    dataset with its own encoding gives a :class:`TextLearner` (support and queries are lists
+    of strings).
 
     Example::
 
@@ -273,27 +255,16 @@ def load(run_dir: str | os.PathLike, *, checkpoint: str | int = "best") -> Train
         adapted = texts.adapt(["I lost my card", "How do I top up?"], ["lost", "top_up"])
         adapted.predict(["my card was stolen"])    # ['lost']
     """
-    from jmeta.train._build import build_learner, image_format, model_task
-    from jmeta.train._loop import _checkpoint_params, _pick_checkpoint, load_run_config, restore_final
+    from jmeta.train import RunDir, model_task
 
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    if cfg.task == "sinusoid":
-        raise ValueError(f"{run_dir} is a sinusoid regression run; jmeta.load serves classification runs.")
-    learner = build_learner(cfg, model_task(cfg))
-    step, _ = _pick_checkpoint(run_dir, cfg, checkpoint)
-    if step is not None:
-        meta = _checkpoint_params(run_dir, cfg, learner, step)
-    else:
-        final = run_dir / "checkpoints" / "meta"
-        if not final.exists():
-            raise FileNotFoundError(f"{run_dir} has no checkpoint yet (no {final}).")
-        meta = restore_final(run_dir, cfg, learner)
-        from jmeta.train._loop import _final_step
-
-        step = _final_step(run_dir)
-    from jmeta.train._config import TEXT_TASKS
-
-    if cfg.task in TEXT_TASKS:
-        return TextLearner(cfg, learner, meta, step)
-    return TrainedLearner(cfg, learner, meta, step, image_format(cfg))
+    run = RunDir(run_dir)
+    cfg = run.config
+    task = model_task(cfg)
+    if not task.classification:
+        raise ValueError(f"{run_dir} is a {cfg.data.name} regression run; jmeta.load serves "
+                         "classification runs.")
+    meta, step = run.params(checkpoint, cfg=cfg, task=task)
+    learner = run.setup(cfg, task).learner
+    if task.data.encode is not None:
+        return TextLearner(cfg, learner, meta, step, task.data.encode)
+    return TrainedLearner(cfg, learner, meta, step, task.data.image_format)

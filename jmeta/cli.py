@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="meta-train a config, then meta-test it")
     t.add_argument("config", help="config file (configs/*.py or a run's config.json)")
-    t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. k_shot=5")
+    t.add_argument("overrides", nargs="*",
+                   help="section.key=value config overrides, e.g. learner.inner_lr=0.4")
     t.add_argument("--run-dir", help="run directory (default: runs/<config name>-<time>)")
     t.add_argument("--no-eval", action="store_true", help="skip the meta-test after training")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="meta-test a run directory: mean and 95%% CI over new tasks")
     e.add_argument("run_dir")
-    e.add_argument("--tasks", type=int, help="number of test tasks (default: the config's eval_tasks)")
+    e.add_argument("--tasks", type=int, help="number of test tasks (default: the config's eval.tasks)")
     e.add_argument("--steps", help="comma-separated inner-step counts, e.g. 1,10")
     e.add_argument("--no-baseline", action="store_true", help="skip the pretrained baseline")
     e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
@@ -74,30 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", help="dataset folder (default: $JMETA_DATA_DIR, else ~/.cache/jmeta/data)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    b = sub.add_parser("bench", help="compile time, meta-steps/s, FLOPs and memory of benchmark "
-                                     "workloads (JSON + Markdown table)")
-    b.add_argument("suite", nargs="?", default="core",
-                   help="core (every workload of jmeta/bench_workloads.json), quick (two small "
-                        "ones, fewer repetitions) or scaling (curves); default core")
-    b.add_argument("--workloads", help="comma-separated workload names (a base name selects its "
-                                       "variants; base@key=value runs a variant)")
-    b.add_argument("--reps", type=int, help="timed repetitions per workload (default: the suite's)")
-    b.add_argument("--min-rep-s", type=float, help="seconds each repetition lasts at least")
-    b.add_argument("--timeout", type=float, help="seconds per workload process (default 1800)")
-    b.add_argument("--out", help="output folder (default: benchmarks/results/<hardware>)")
-    b.add_argument("--peak-n", type=int,
-                   help="matrix size of the matmul peak (default 2048 on CPU, 8192 on "
-                        "accelerators; 0 skips it)")
+    b = sub.add_parser("bench", add_help=False,
+                       help="compile time, meta-steps/s, FLOPs and memory of benchmark workloads "
+                            "(JSON + Markdown table); jmeta bench --help for its options")
+    b.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser (jmeta.bench.main)
+        from jmeta.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "train" and args.num_processes > 1 and "JAX_PROCESS_ID" not in os.environ:
         return _launch(argv, args)
-    if args.command == "bench":
-        return _bench(args)
     # Import after parsing, so `jmeta --help` and usage errors answer without loading JAX.
     from jmeta.distributed import initialize
 
@@ -124,13 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             overrides = list(args.overrides)
             if args.data_dir:
-                overrides.append(f"data_dir={str(Path(args.data_dir).expanduser().absolute())!r}")
+                path = str(Path(args.data_dir).expanduser().absolute())
+                overrides.append(f"data.data_dir={path!r}")
             cfg = load_config(args.config, overrides)
             run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
             import jax
 
             if jax.process_index() == 0:
-                print(f"jmeta: training {cfg.algorithm} on {cfg.task} into {run_dir}", file=sys.stderr)
+                print(f"jmeta: training {cfg.learner.name} on {cfg.data.name} into {run_dir}",
+                      file=sys.stderr)
             res = train(cfg, run_dir, progress=not args.no_progress)
             if "process_index" in res or res.get("preempted"):
                 return 0
@@ -139,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                       "was changed. `jmeta eval` meta-tests it again.", file=sys.stderr)
                 return 0
             if res["steps"] == 0:
-                print("num_steps=0: no meta-training; the initial meta-parameters are evaluated")
+                print("train.meta_steps=0: no meta-training; the initial meta-parameters are "
+                      "evaluated")
             else:
                 print(
                     f"trained {res['steps']} steps in {res['train_s']:.1f} s "
@@ -165,21 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    """``jmeta bench``: one process per workload; bench-<suite>.json and .md (and plots)."""
-    from jmeta.bench import run_suite
-    from jmeta.train import ConfigError
-
-    try:
-        res = run_suite(args.suite, workloads=args.workloads, reps=args.reps,
-                        min_rep_s=args.min_rep_s, timeout=args.timeout, out=args.out,
-                        peak_n=args.peak_n)
-    except (ConfigError, RuntimeError) as err:
-        print(f"jmeta: error: {err}", file=sys.stderr)
-        return 2
-    return 0 if any("error" not in r for r in res["rows"]) else 1
-
-
 def _rows(args) -> int:
     """``jmeta rows``: every published row of the configs, with its make target and paper number."""
     from jmeta.train._config import config_rows
@@ -197,24 +178,23 @@ def _rows(args) -> int:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from jmeta.data._loaders import _image_extensions
+    from jmeta.data import image_extensions
 
-    exts = _image_extensions()
+    exts = image_extensions()
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts)
 
 
 def _predict(args) -> int:
     """``jmeta predict``: CSV (file, label, probability of each class) on stdout."""
-    from jmeta.train._config import TEXT_TASKS
-    from jmeta.train._loop import load_run_config
+    from jmeta.train import RunDir, model_task
 
     try:
-        task = load_run_config(args.run_dir).task
+        task = model_task(RunDir(args.run_dir).config)
     except (ValueError, FileNotFoundError) as err:
         print(f"jmeta: error: {err}", file=sys.stderr)
         return 2
-    if task in TEXT_TASKS:
+    if task.data.encode is not None:
         return _predict_text(args)
     support, query = Path(args.support), Path(args.query)
     problems = []
@@ -240,7 +220,7 @@ def _predict(args) -> int:
     checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
     try:
         learner = jmeta.load(args.run_dir, checkpoint=checkpoint)
-        adapted = learner.adapt(files, labels, num_steps=args.steps)
+        adapted = learner.adapt(files, labels, inner_steps=args.steps)
         probs = adapted.predict_proba(queries)
     except (ValueError, FileNotFoundError) as err:
         print(f"jmeta: error: {err}", file=sys.stderr)
@@ -264,14 +244,14 @@ def _predict(args) -> int:
 def _read_queries(path: Path, text_column: str) -> tuple[list[str], list[str] | None]:
     """Query texts (and labels, when the file has a label column) of a .txt file (one text per
     non-blank line) or a CSV / JSON-lines file with a ``text_column``."""
-    from jmeta.data._loaders import _LABEL_FIELDS, _read_jsonl
+    from jmeta.data import LABEL_FIELDS, read_jsonl
 
     if path.suffix.lower() == ".txt":
         texts = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
         return [t for t in texts if t], None
     with open(path, newline="", encoding="utf-8-sig") as f:
         if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-            rows, columns = _read_jsonl(f, path)
+            rows, columns = read_jsonl(f, path)
         else:
             import csv
 
@@ -280,7 +260,7 @@ def _read_queries(path: Path, text_column: str) -> tuple[list[str], list[str] | 
     if text_column not in columns:
         raise ValueError(f"{path}: no text column {text_column!r}; columns found: {columns} "
                          "(pass --text-column, or give a .txt file with one text per line).")
-    label = next((c for c in _LABEL_FIELDS if c in columns), None)
+    label = next((c for c in LABEL_FIELDS if c in columns), None)
     texts = [str(r.get(text_column) or "").strip() for r in rows]
     empty = [i + 2 for i, t in enumerate(texts) if not t]
     if empty:
@@ -295,7 +275,7 @@ def _predict_text(args) -> int:
     import numpy as np
 
     import jmeta
-    from jmeta.data._loaders import load_text_file
+    from jmeta.data import load_text_file
 
     support, query = Path(args.support), Path(args.query)
     checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
@@ -317,7 +297,7 @@ def _predict_text(args) -> int:
         if not queries:
             raise ValueError(f"{query} holds no query text.")
         learner = jmeta.load(args.run_dir, checkpoint=checkpoint)
-        adapted = learner.adapt(texts, labels, num_steps=args.steps)
+        adapted = learner.adapt(texts, labels, inner_steps=args.steps)
         probs = adapted.predict_proba(queries)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"jmeta: error: {err}", file=sys.stderr)

@@ -1,485 +1,526 @@
-"""From a :class:`Config` to the pure pieces of a run: task, model, learner, optimizer, samplers."""
+"""From a :class:`Config` to the pure pieces of a run: the task (what the data gives), the model,
+the learner and the outer optimizer. Every component comes from its registry; the rules between
+components live here and in :class:`BuildEnv`, nowhere else."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
-from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import jax
-import numpy as np
 import optax
 
-from jmeta import algorithms
+from jmeta.algorithms import ALGORITHMS, per_step_batch_stats
+from jmeta.core._checks import check_rate
 from jmeta.core._inner import mse_loss
 from jmeta.core._losses import accuracy, cross_entropy_loss
 from jmeta.core._meta import MetaLearner, default_task_map
+from jmeta.core._registry import ConfigError
+from jmeta.core._tree import mask_by_path
 from jmeta.core._types import Episode, PRNGKey, TaskBatch
-from jmeta.data._class_batches import class_batch_sampler
-from jmeta.data._dataset import ClassDataset
-from jmeta.data._samplers import HostSampler, device_sampler
-from jmeta.data._sinusoid import sinusoid_sampler, sinusoid_tasks
-from jmeta.inner._lstm import lstm_optimizer, meta_lstm
-from jmeta.inner._rules import from_optax, lslr, sgd
-from jmeta.models._batchnorm import estimate_batch_stats
-from jmeta.models._conv import default_conv_impl
-from jmeta.models._conv4 import conv4
-from jmeta.models._functional import Model, with_compute_dtype
-from jmeta.models._mlp import mlp
-from jmeta.models._resnet12 import resnet12
-from jmeta.train._config import (
-    CLASSIFICATION,
-    METRIC,
-    TEXT_TASKS,
-    TRANSFER,
-    Config,
-    ConfigError,
-    train_shots,
-)
+from jmeta.data import DATASETS, ClassSplits, HostSampler, TaskFamily, class_batch_sampler
+from jmeta.inner import RULES
+from jmeta.models import MODELS, ModelSpec, default_conv_impl, estimate_batch_stats
+from jmeta.models import with_compute_dtype
+from jmeta.train._config import Config, Section, train_shots, validate
 
 EVAL_CHUNK = 50  # test tasks gathered at a time (bounds memory for large episodes)
 
 
 @dataclasses.dataclass(eq=False)
 class Task:
-    """What a config trains on: the model's input/output sizes, loss, metric and samplers."""
+    """What a config trains and tests on: the dataset's side of a run.
+
+    Attributes:
+      cfg: the (validated) config.
+      data: the dataset's :class:`jmeta.data.ClassSplits` or :class:`jmeta.data.TaskFamily`.
+      loss_fn, metric_fn, metric: the loss, the extra metric and the name of the reported one.
+      test_tasks: ``(key, n, split) -> iterator of task batches`` (at most :data:`EVAL_CHUNK`
+        tasks each).
+      train_episodes: ``(key, n) -> iterator of single training episodes`` (BatchNorm
+        statistics), or ``None`` for generated tasks.
+      train: the training split (``None`` when not loaded, or for generated tasks).
+    """
 
     cfg: Config
-    model: Model
+    data: ClassSplits | TaskFamily
     loss_fn: Callable
     metric_fn: Callable | None
-    metric: str  # name of the reported test metric
-    train_sampler: Callable[[PRNGKey], TaskBatch] | None  # in-graph sampler, or None
-    host_sampler: HostSampler | None
+    metric: str
     test_tasks: Callable[[PRNGKey, int, str], Iterator[TaskBatch]]
     train_episodes: Callable[[PRNGKey, int], Iterator[Episode]] | None = None
+    train: object = None
+
+    @property
+    def classification(self) -> bool:
+        return isinstance(self.data, ClassSplits)
+
+    @property
+    def example_shape(self) -> tuple:
+        return tuple(self.data.example_shape)
 
     def train_images(self, key: PRNGKey, n: int) -> Iterator[jax.Array]:
         """``n`` batches of training images (the query sets of training episodes)."""
         return (episode.query.x for episode in self.train_episodes(key, n))
 
-    @property
-    def classification(self) -> bool:
-        return self.cfg.task in CLASSIFICATION
-
 
 def queries(cfg: Config) -> int:
-    return cfg.k_query or (cfg.k_shot if cfg.task == "sinusoid" else 15)
+    """Query examples per class (points, for regression) of the training episodes."""
+    return cfg.data.queries or cfg.data.shots
 
 
 def test_ways(cfg: Config) -> int:
-    """Classes per validation / test episode (``eval_ways``, else the training ``ways``)."""
-    return cfg.eval_ways or cfg.ways
-
-
-def test_task(task: Task) -> Task:
-    """The task with its model in test mode (:func:`test_mode`) and its test config."""
-    return dataclasses.replace(task, cfg=test_config(task.cfg), model=test_mode(task.model))
-
-
-def test_params(task: Task, meta, key: PRNGKey):
-    """Meta-parameters ready for testing: with ``bn_mode="running"``, the BatchNorm population
-    statistics estimated from ``bn_batches`` batches of training images."""
-    if task.cfg.bn_mode != "running":
-        return meta
-    if task.cfg.algorithm == "mamlpp" and task.cfg.per_step_bn:
-        learner = _per_step_bn_learner(task.cfg, task.model)
-        episodes = task.train_episodes(key, task.cfg.bn_batches)
-        return dict(meta, model=algorithms.per_step_batch_stats(task.model, learner, meta, episodes))
-    stats = estimate_batch_stats(task.model, meta["model"], task.train_images(key, task.cfg.bn_batches))
-    return dict(meta, model=stats)
-
-
-@functools.lru_cache(maxsize=4)
-def _per_step_bn_learner(cfg: Config, model: Model) -> MetaLearner:
-    """The training-mode MAML++ learner whose adaptation the per-step statistics follow; one
-    per (config, model), so their estimation compiles once per run, not at every checkpoint."""
-    return build_learner(cfg, dataclasses.replace(model_task(cfg), model=model))
+    """Classes per validation / test episode (``eval.ways``, else the training ``data.ways``)."""
+    return cfg.eval.ways or cfg.data.ways
 
 
 def test_config(cfg: Config) -> Config:
-    """The config as seen by validation and meta-testing: ``ways`` set to :func:`test_ways`."""
-    return cfg if test_ways(cfg) == cfg.ways else cfg.replace(ways=test_ways(cfg), eval_ways=0)
+    """The config as seen by validation and meta-testing: ``data.ways`` set to
+    :func:`test_ways`."""
+    if "ways" not in cfg.data or test_ways(cfg) == cfg.data.ways:
+        return cfg
+    return cfg.replace(data=dict(ways=test_ways(cfg)), eval=dict(ways=0))
 
 
-def eval_queries(cfg: Config) -> int:
-    return cfg.eval_k_query or (100 if cfg.task == "sinusoid" else queries(cfg))
+def eval_queries(cfg: Config, data: ClassSplits | TaskFamily | None = None) -> int:
+    """Query examples per class of the test episodes: ``eval.queries``, else the dataset's
+    default for generated tasks (100 sinusoid points), else the training queries."""
+    if cfg.eval.queries:
+        return cfg.eval.queries
+    data = data if data is not None else dataset(cfg)
+    return data.eval_queries if isinstance(data, TaskFamily) else queries(cfg)
 
 
-def model_conv_impl(cfg: Config) -> str:
-    """The convolution implementation of a config's network (``cfg.conv_impl`` resolved).
-
-    ``"auto"``: :func:`jmeta.models.default_conv_impl` (im2col on CPU) for algorithms whose
-    tasks adapt their own weights, which run inside a loop over tasks; native convolutions for
-    metric-based algorithms and transfer baselines, whose network has one set of weights per
-    step (there XLA's convolution was about 14% faster on CPU; docs/performance.md).
-
-    Example:
-      >>> model_conv_impl(Config(algorithm="protonets", conv_impl="auto"))
-      'xla'
-      >>> model_conv_impl(Config(algorithm="maml", conv_impl="xla"))
-      'xla'
-    """
-    if cfg.conv_impl != "auto":
-        return cfg.conv_impl
-    return "xla" if cfg.algorithm in METRIC + TRANSFER else default_conv_impl()
+def eval_chunk(task: Task, num_tasks: int) -> int:
+    """Tasks adapted together when ``num_tasks`` test or validation tasks are evaluated at once:
+    ``eval.chunk_size`` (0: the dataset's default, all tasks for images, 5 for text), lowered
+    to a divisor of ``num_tasks`` so that every chunk has the same shape."""
+    default = getattr(task.data, "eval_chunk", 0) or num_tasks
+    chunk = max(1, min(task.cfg.eval.chunk_size or default, num_tasks))
+    while num_tasks % chunk:
+        chunk -= 1
+    return chunk
 
 
-def config_task_map(cfg: Config, family: str) -> str:
-    """The task map of a config: ``cfg.task_map``, or for ``"auto"`` the backend's default for
-    the model family (:func:`jmeta.core.default_task_map`), except that a convolutional network
-    with native convolutions and one set of weights per step (metric-based algorithms, transfer
-    baselines) is vmapped: its tasks fold into the batch, while inside a loop XLA:CPU's
-    convolution gradients are slow.
-
-    Example:
-      >>> config_task_map(Config(task_map="unroll"), "conv")
-      'unroll'
-      >>> config_task_map(Config(algorithm="protonets", model="conv4"), "conv")
-      'vmap'
-    """
-    if cfg.task_map != "auto":
-        return cfg.task_map
-    if family == "conv" and model_conv_impl(cfg) == "xla" and cfg.algorithm in METRIC + TRANSFER:
-        return "vmap"
-    return default_task_map(family)
-
-
-def _classifier(cfg: Config, example_shape: tuple) -> Model:
-    """The network for a classification config: logits over ``ways`` classes, or embeddings
-    for metric-based algorithms and transfer baselines (their heads are built from the support
-    set), or a context network for CAVIA."""
-    embed = cfg.algorithm in METRIC + TRANSFER
-    out = None if embed else cfg.ways
-    conv_impl = model_conv_impl(cfg)
-    if cfg.model in ("conv4", "resnet12"):
-        if len(example_shape) != 3 or example_shape[0] != example_shape[1]:
-            raise ConfigError(f"{cfg.model} needs square images [S, S, C]; the dataset has {example_shape}.")
-        size, channels = example_shape[0], example_shape[2]
-        if cfg.algorithm == "cavia":
-            return algorithms.context_conv4(channels, out, num_context=cfg.num_context,
-                                            filters=cfg.filters, film_layer=cfg.film_layer,
-                                            strided=cfg.strided, image_size=size,
-                                            conv_impl=conv_impl)
-        if cfg.model == "resnet12":
-            return resnet12(channels, out, widths=cfg.widths, image_size=size, bn_mode=cfg.bn_mode,
-                            conv_impl=conv_impl)
-        return conv4(channels, out, filters=cfg.filters, strided=cfg.strided, image_size=size,
-                     bn_mode=cfg.bn_mode, conv_impl=conv_impl)
-    in_dim = int(np.prod(example_shape))
-    if cfg.algorithm == "cavia":
-        return _flatten_context(algorithms.context_mlp(in_dim, cfg.ways, hidden=cfg.hidden,
-                                                       num_context=cfg.num_context))
-    if embed:
-        return flatten_inputs(mlp(in_dim, cfg.hidden[-1], hidden=cfg.hidden[:-1]))
-    return flatten_inputs(mlp(in_dim, cfg.ways, hidden=cfg.hidden))
-
-
-def _flatten_context(model):
-    return model._replace(apply=lambda p, x, c: model.apply(p, x.reshape(x.shape[0], -1), c))
-
-
-def _dtype(cfg: Config, model: Model) -> Model:
-    return model if cfg.compute_dtype == "float32" else with_compute_dtype(model, cfg.compute_dtype)
-
-
-def flatten_inputs(model: Model) -> Model:
-    """The same model on inputs flattened to vectors (an MLP on images)."""
-
-    def apply(params, x):
-        return model.apply(params, x.reshape(x.shape[0], -1))
-
-    def features(params, x):
-        return model.features(params, x.reshape(x.shape[0], -1))
-
-    return model._replace(apply=apply, features=features if model.features else None)
-
-
-def test_mode(model: Model) -> Model:
-    """The model as used at test time: BatchNorm with the stored population statistics in
-    ``bn_mode="running"``; the model itself otherwise."""
-    # Its features would be the training mode's: drop them (the learner runs the whole model).
-    return model if model.eval_apply is None else model._replace(apply=model.eval_apply,
-                                                                 features=None)
+# ---------------------------------------------------------------------------------------------
+# The data
 
 
 @functools.lru_cache(maxsize=16)
-def _load(task: str, split: str, protocol: str, data_dir: str, cache_dir: str, image_size: int):
-    from jmeta.data import _loaders
-    from jmeta.data._omniglot import load_omniglot
-
-    base = Path(data_dir).expanduser() if data_dir else None
-    cache = cache_dir or None
-    if task == "omniglot":
-        return load_omniglot(split, protocol=protocol, root=base / "omniglot" if base else None,
-                             image_size=image_size or 28, cache=cache)
-    if task == "miniimagenet":
-        splits = _loaders.load_miniimagenet(base / "miniimagenet" if base else None,
-                                            image_size=image_size or 84, cache=cache)
-    elif task in ("cifar_fs", "fc100"):
-        root = base / "cifar100" / "cifar-100-python" if base else None
-        loader = _loaders.load_cifar_fs if task == "cifar_fs" else _loaders.load_fc100
-        splits = loader(root, cache=cache)
-    elif task == "tieredimagenet":
-        splits = _loaders.load_tieredimagenet(base / "tieredimagenet" if base else None, cache=cache)
-    else:
-        raise ConfigError(f"task {task!r} has no class splits.")
-    return splits[split]
+def _dataset(name: str, options: Section):
+    entry = DATASETS[name]
+    kind = entry.attributes["kind"]
+    given = {k: options[k] for k in entry.options if k in options}
+    given.update({k: options[k] for k in entry.required})
+    try:
+        data = entry.builder(**given)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        raise ConfigError(f"data {name!r}: {err}") from err
+    expected = ClassSplits if kind == "classes" else TaskFamily
+    if not isinstance(data, expected):
+        raise ConfigError(f"data {name!r} is registered with kind={kind!r} but its builder "
+                          f"returned {type(data).__name__}, not {expected.__name__}.")
+    return data
 
 
-def load_split(cfg: Config, split: str) -> ClassDataset:
-    """One split of the config's dataset (cached in memory per process)."""
-    if cfg.task in TEXT_TASKS:  # token ids (jmeta/train/_text.py)
-        from jmeta.train._text import text_split
+def dataset(cfg: Config) -> ClassSplits | TaskFamily:
+    """The config's dataset (built once per process; splits are loaded when asked for)."""
+    return _dataset(cfg.data.name, cfg.data)
 
-        return text_split(cfg, split)
-    return _load(cfg.task, split, cfg.omniglot_protocol, cfg.data_dir, cfg.cache_dir, cfg.image_size)
+
+def _split(cfg: Config, data: ClassSplits, split: str):
+    try:
+        return data.split(split)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        raise ConfigError(f"{cfg.data.name}: {err}") from err
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_sampler(sampler, ds, ways, shots, q, size):
+    return jax.jit(sampler(ds, ways, shots, q, size))
 
 
 def build_task(cfg: Config, *, need_train: bool = True) -> Task:
     """Loads the datasets a config names and checks its episodes are possible (before compiling)."""
-    if cfg.task in TEXT_TASKS:  # token ids, BERT + LoRA (jmeta/train/_text.py)
-        from jmeta.train._text import build_text_task
-
-        return build_text_task(cfg, need_train=need_train)
-    if cfg.task == "sinusoid":
-        def sinusoid_test(key, n, split):
+    cfg = validate(cfg)
+    data = dataset(cfg)
+    if isinstance(data, TaskFamily):
+        def family_test(key, n, split):
             del split
-            yield sinusoid_tasks(key, n, cfg.k_shot, eval_queries(cfg))
+            yield data.sample(key, n, cfg.data.shots, eval_queries(cfg, data))
 
-        return Task(cfg, _dtype(cfg, mlp(1, 1, hidden=cfg.hidden)), mse_loss, None, "query MSE",
-                    sinusoid_sampler(cfg.meta_batch_size, train_shots(cfg), queries(cfg)), None,
-                    sinusoid_test)
+        return Task(cfg, data, mse_loss, None, "query MSE", family_test)
 
+    train = _split(cfg, data, "train") if need_train else None
+    test = _split(cfg, data, cfg.eval.split)
     try:
-        train = load_split(cfg, "train") if need_train else None
-        test = load_split(cfg, cfg.eval_split)
-        for ds, w, k, q in ((train, cfg.ways, train_shots(cfg), queries(cfg)),
-                            (test, test_ways(cfg), cfg.k_shot, eval_queries(cfg))):
+        for ds, w, k, q in ((train, cfg.data.ways, train_shots(cfg), queries(cfg)),
+                            (test, test_ways(cfg), cfg.data.shots, eval_queries(cfg, data))):
             if ds is not None:
                 ds.check_episode(w, k, q)
-    except (ValueError, FileNotFoundError) as err:
-        raise ConfigError(f"{cfg.task}: {err}") from err
-    model = _dtype(cfg, _classifier(cfg, test.example_shape))
-    device, host = None, None
-    if need_train and cfg.algorithm in TRANSFER:
-        device = class_batch_sampler(train, cfg.pretrain_batch, num_tasks=cfg.meta_batch_size,
-                                     augment_rotations=cfg.augment_rotations)
-    elif need_train and cfg.sampler == "device":
-        device = device_sampler(train, cfg.ways, train_shots(cfg), queries(cfg), cfg.meta_batch_size,
-                                augment_rotations=cfg.augment_rotations)
-    elif need_train:
-        host = HostSampler(train, cfg.ways, train_shots(cfg), queries(cfg), cfg.meta_batch_size,
-                           seed=cfg.seed, augment_rotations=cfg.augment_rotations)
+    except ValueError as err:
+        raise ConfigError(f"{cfg.data.name}: {err}") from err
 
-    test_tasks, train_episodes = episode_sources(cfg, train, test, lambda s: load_split(cfg, s),
-                                                 _eval_sampler)
-    return Task(cfg, model, cross_entropy_loss, accuracy, "query accuracy (%)", device, host,
-                test_tasks, train_episodes)
-
-
-def episode_sources(cfg: Config, train, test, load, sampler):
-    """The ``test_tasks(key, n, split)`` and ``train_episodes(key, n)`` generators of a Task.
-
-    ``train``/``test`` are the loaded splits (``train`` may be None), ``load(split)`` loads
-    another split, ``sampler(ds, ways, shots, queries, size)`` is a jitted episode sampler.
-    Test tasks come in chunks of at most :data:`EVAL_CHUNK`; training episodes one at a time,
-    with test-time shots and training ways and queries.
-    """
+    def load(split):
+        return test if split == cfg.eval.split else (
+            train if split == "train" and train is not None else _split(cfg, data, split))
 
     def test_tasks(key, n, split):
-        ds = test if split == cfg.eval_split else load(split)
+        ds = load(split)
         for i in range(math.ceil(n / EVAL_CHUNK)):
             size = min(EVAL_CHUNK, n - i * EVAL_CHUNK)
-            sample = sampler(ds, test_ways(cfg), cfg.k_shot, eval_queries(cfg), size)
+            sample = _eval_sampler(data.sampler, ds, test_ways(cfg), cfg.data.shots,
+                                   eval_queries(cfg, data), size)
             yield sample(jax.random.fold_in(key, i))
 
     def train_episodes(key, n):
-        ds = train if train is not None else load("train")
-        sample = sampler(ds, cfg.ways, cfg.k_shot, queries(cfg), 1)
+        sample = _eval_sampler(data.sampler, load("train"), cfg.data.ways, cfg.data.shots,
+                               queries(cfg), 1)
         for i in range(n):
             yield jax.tree.map(lambda a: a[0], sample(jax.random.fold_in(key, i)))
 
-    return test_tasks, train_episodes
-
-
-IMAGE_FORMATS = {
-    # task: (default size, channels, PIL mode, invert, resampling) of the training images.
-    "omniglot": (28, 1, "L", True, "lanczos"),
-    "miniimagenet": (84, 3, "RGB", False, "bicubic"),
-    "tieredimagenet": (84, 3, "RGB", False, "bicubic"),
-    "cifar_fs": (32, 3, "RGB", False, "bicubic"),
-    "fc100": (32, 3, "RGB", False, "bicubic"),
-}
-
-
-def image_format(cfg: Config) -> dict:
-    """How the training images of a classification config were made from image files:
-    ``{"size", "channels", "mode", "invert", "resampling"}`` (for preprocessing new images)."""
-    if cfg.task not in IMAGE_FORMATS:
-        raise ConfigError(f"task {cfg.task!r} is not an image classification task.")
-    size, channels, mode, invert, resampling = IMAGE_FORMATS[cfg.task]
-    return dict(size=cfg.image_size or size, channels=channels, mode=mode, invert=invert,
-                resampling=resampling)
+    return Task(cfg, data, cross_entropy_loss, accuracy, "query accuracy (%)", test_tasks,
+                train_episodes, train)
 
 
 def model_task(cfg: Config) -> Task:
-    """The model, loss and metric of a classification config, without loading any data
-    (for adapting a trained learner to a user's own examples)."""
-    if cfg.task in TEXT_TASKS:
-        from jmeta.train._text import text_model_task
-
-        return text_model_task(cfg)
-    fmt = image_format(cfg)
-    model = _dtype(cfg, _classifier(cfg, (fmt["size"], fmt["size"], fmt["channels"])))
+    """The task of a config without loading any data: enough to build its model and learner
+    (for adapting a trained learner to a user's own examples, or checking a config)."""
+    cfg = validate(cfg)
+    data = dataset(cfg)
+    if isinstance(data, TaskFamily):
+        return build_task(cfg)
 
     def no_tasks(key, n, split):
         raise ConfigError("model_task has no dataset; use build_task for test episodes.")
 
-    return Task(cfg, model, cross_entropy_loss, accuracy, "query accuracy (%)", None, None, no_tasks)
+    return Task(cfg, data, cross_entropy_loss, accuracy, "query accuracy (%)", no_tasks)
 
 
-@functools.lru_cache(maxsize=8)
-def _eval_sampler(ds, ways, shots, q, size):
-    return jax.jit(device_sampler(ds, ways, shots, q, size))
+def training_batches(task: Task, learner: MetaLearner):
+    """``(in-graph sampler, host sampler)`` of meta-training, one of them ``None``: episodes of
+    the config's shape, or class batches for a learner that pre-trains on them."""
+    cfg, data = task.cfg, task.data
+    size = cfg.train.meta_batch_size
+    if isinstance(data, TaskFamily):
+        shots, q = train_shots(cfg), queries(cfg)
+        return (lambda key: data.sample(key, size, shots, q)), None
+    train = task.train if task.train is not None else _split(cfg, data, "train")
+    if learner.class_batches is not None:
+        if cfg.data.sampler == "host":
+            raise ConfigError(f"learner {cfg.learner.name!r} pre-trains on class batches drawn "
+                              "on the device: use data.sampler='device'.")
+        return class_batch_sampler(train, learner.class_batches, num_tasks=size,
+                                   augment_rotations=cfg.data.augment_rotations), None
+    episode = (cfg.data.ways, train_shots(cfg), queries(cfg), size)
+    rotate = {"augment_rotations": True} if cfg.data.augment_rotations else {}
+    if cfg.data.sampler == "device":
+        return data.sampler(train, *episode, **rotate), None
+    extra = {} if data.host_transform is None else {"transform": data.host_transform}
+    return None, HostSampler(train, *episode, seed=cfg.train.seed, **rotate, **extra)
 
 
-def _rule(cfg: Config):
-    if cfg.inner_rule == "lslr":
-        return lslr(cfg.inner_lr, cfg.inner_steps)
-    if cfg.inner_rule == "adam":
-        return from_optax(optax.adam(cfg.inner_lr, b1=cfg.inner_beta1))
-    if cfg.inner_rule == "meta_lstm":
-        # The input gate (the step size) starts near inner_lr, so that the rule starts as the SGD
-        # it is compared with: bias ~ U(logit(lr) - 0.5, logit(lr) + 0.5). At the default 0.01
-        # that is U(-5.1, -4.1), the paper's U(-5, -4).
-        centre = math.log(cfg.inner_lr / (1.0 - cfg.inner_lr))
-        return meta_lstm(cfg.lstm_hidden, input_bias=(centre - 0.5, centre + 0.5))
-    if cfg.inner_rule == "lstm_optimizer":
-        return lstm_optimizer(cfg.lstm_hidden, output_scale=cfg.lstm_output_scale)
-    if cfg.body_inner_lr:  # the head keeps inner_lr; everything else adapted takes body_inner_lr
-        return sgd(cfg.inner_lr, path_lr=functools.partial(_body_rate, cfg.body_inner_lr))
-    return sgd(cfg.inner_lr)
+def base_classes(cfg: Config, task: Task | None = None) -> int:
+    """Classes of the pre-training head of a transfer baseline: all base classes (four times
+    as many with ``data.augment_rotations``: each quarter turn a class of its own)."""
+    n = cfg.data.base_classes
+    if not n:
+        data = task.data if task is not None else dataset(cfg)
+        train = task.train if task is not None and task.train is not None else None
+        n = (train if train is not None else _split(cfg, data, "train")).num_classes
+    return n * (4 if cfg.data.augment_rotations else 1)
 
 
-def _body_rate(rate: float, path: str) -> float | None:
-    return None if path.startswith("head/") else rate
+# ---------------------------------------------------------------------------------------------
+# The model and the learner
 
 
-def _embed_dim(cfg: Config, model: Model) -> int:
-    fmt = image_format(cfg)
-    x = jax.ShapeDtypeStruct((2, fmt["size"], fmt["size"], fmt["channels"]), jax.numpy.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0))
-    return int(jax.eval_shape(model.apply, params, x).shape[-1])
+def test_mode(model):
+    """The model as used at test time: BatchNorm with the stored population statistics in
+    ``bn_mode="running"``; the model itself otherwise."""
+    eval_apply = getattr(model, "eval_apply", None)
+    # Its features would be the training mode's: drop them (the learner runs the whole model).
+    return model if eval_apply is None else model._replace(apply=eval_apply, features=None)
 
 
-def base_classes(cfg: Config) -> int:
-    """Classes of the pre-training head of a transfer baseline (all base classes)."""
-    n = cfg.base_classes or load_split(cfg, "train").num_classes
-    return n * (4 if cfg.augment_rotations else 1)
+@functools.lru_cache(maxsize=32)
+def _model(options: Section, spec: ModelSpec):
+    entry = MODELS[options.name]
+    given = {k: options[k] for k in (*entry.options, *entry.required) if k in options}
+    try:
+        model = entry.builder(spec, **given)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        raise ConfigError(f"model {options.name!r}: {err}") from err
+    if options.dtype != "float32":
+        if not hasattr(model, "eval_apply"):
+            raise ConfigError(f"model {options.name!r} computes in float32 only: leave "
+                              "model.dtype='float32'.")
+        model = with_compute_dtype(model, options.dtype)
+    return model
 
 
-def build_learner(cfg: Config, task: Task) -> MetaLearner:
-    if cfg.model == "bert_lora":  # adapters + head only (jmeta/train/_text.py)
-        from jmeta.train._text import text_learner
+def trainable(model) -> Callable[[str], bool] | None:
+    """``path -> bool``: the parameters of ``model`` that are not frozen, or ``None`` (all)."""
+    frozen = getattr(model, "frozen", None)
+    return None if frozen is None else (lambda path: not frozen(path))
 
-        return text_learner(cfg, task)
-    model = task.model
-    common = dict(remat=cfg.remat, loss_fn=task.loss_fn, metric_fn=task.metric_fn)
-    plain = dict(loss_fn=task.loss_fn, metric_fn=task.metric_fn)
-    if cfg.algorithm in TRANSFER:
-        shape = (image_format(cfg)["size"],) * 2 + (image_format(cfg)["channels"],)
-        return algorithms.transfer_baseline(
-            model, num_classes=base_classes(cfg), ways=cfg.ways,
-            head="linear" if cfg.algorithm == "baseline" else "cosine", input_shape=shape,
-            finetune_steps=cfg.finetune_steps, finetune_lr=cfg.finetune_lr,
-            metric_fn=task.metric_fn)
-    if cfg.algorithm == "cavia":
-        return algorithms.cavia(model, num_context=cfg.num_context, inner_lr=cfg.inner_lr,
-                                num_steps=cfg.inner_steps, first_order=cfg.first_order, **plain)
-    if cfg.algorithm == "imaml":
-        return algorithms.imaml(model, inner_lr=cfg.inner_lr, num_steps=cfg.inner_steps,
-                                lam=cfg.imaml_lam, cg_steps=cfg.cg_steps,
-                                cg_damping=cfg.cg_damping, **plain)
-    if cfg.algorithm in ("matching", "matching_fce"):
-        fce = cfg.algorithm == "matching_fce"
-        return algorithms.matching_networks(model, ways=cfg.ways, fce=fce,
-                                            embed_dim=_embed_dim(cfg, model) if fce else None,
-                                            metric_fn=task.metric_fn)
-    if cfg.algorithm == "r2d2":
-        return algorithms.r2d2(model, ways=cfg.ways, metric_fn=task.metric_fn)
-    if cfg.algorithm == "metasgd":
-        lr = cfg.metasgd_init_lr[0] if len(cfg.metasgd_init_lr) == 1 else tuple(cfg.metasgd_init_lr)
-        return algorithms.metasgd(model, lr, cfg.inner_steps, first_order=cfg.first_order,
-                                  truncate=cfg.inner_truncate or None, **common)
-    if cfg.algorithm == "protonets":
-        return algorithms.protonets(model, ways=cfg.ways, distance=cfg.distance,
-                                    metric_fn=task.metric_fn)
-    if cfg.algorithm == "reptile":
-        return algorithms.reptile(model, cfg.inner_lr, cfg.inner_steps, rule=_rule(cfg),
-                                  loss_fn=task.loss_fn, metric_fn=task.metric_fn,
-                                  inner_batch=cfg.inner_batch or None)
-    if cfg.algorithm == "mamlpp":
-        return algorithms.mamlpp(
-            model, num_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
-            msl_anneal_steps=cfg.msl_anneal_steps, first_order_until=cfg.first_order_until,
-            per_step_bn=cfg.per_step_bn and cfg.model != "mlp", **common)
-    if cfg.algorithm == "protomaml":
-        return algorithms.protomaml(model, cfg.inner_lr, cfg.inner_steps, ways=cfg.ways,
-                                    scale=cfg.proto_scale, first_order=cfg.first_order,
-                                    rule=_rule(cfg), truncate=cfg.inner_truncate or None,
-                                    **common)
-    factory = {"maml": algorithms.maml, "fomaml": algorithms.fomaml, "anil": algorithms.anil,
-               "boil": algorithms.boil}[cfg.algorithm]
-    kwargs = dict(rule=_rule(cfg), truncate=cfg.inner_truncate or None, **common)
-    if cfg.algorithm != "fomaml":
-        kwargs["first_order"] = cfg.first_order
-    return factory(model, cfg.inner_lr, cfg.inner_steps, **kwargs)
+
+class BuildEnv:
+    """What an algorithm's registration knows of the other components of a config (see
+    :mod:`jmeta.algorithms` for the contract). One per built learner."""
+
+    def __init__(self, cfg: Config, task: Task, *, test: bool = False):
+        self.cfg, self.task, self.test = cfg, task, test
+        self.network = None
+        self.model_built = None
+        self.train_model = None
+        self.conv_impl = None
+        self.rule_used = False
+
+    # Cross-component values.
+    @property
+    def ways(self) -> int:
+        if not self.task.classification:
+            raise ConfigError(f"learner {self.cfg.learner.name!r} classifies episodes of classes, "
+                              f"but data {self.cfg.data.name!r} is regression: use a "
+                              "classification dataset, or a gradient-based learner.")
+        return test_ways(self.cfg) if self.test else self.cfg.data.ways
+
+    @property
+    def loss_fn(self):
+        return self.task.loss_fn
+
+    @property
+    def metric_fn(self):
+        return self.task.metric_fn
+
+    @property
+    def input_shape(self) -> tuple:
+        return self.task.example_shape
+
+    @property
+    def support_size(self) -> int:
+        shots = train_shots(self.cfg)
+        return shots * self.cfg.data.ways if self.task.classification else shots
+
+    @property
+    def meta_steps(self) -> int:
+        return self.cfg.train.meta_steps
+
+    def base_classes(self) -> int:
+        return base_classes(self.cfg, self.task)
+
+    def rule(self, lr, inner_steps):
+        """The configured inner rule (``None``: the learner's own)."""
+        if not self.cfg.rule:
+            return None
+        self.rule_used = True
+        entry = RULES[self.cfg.rule.name]
+        options = {k: v for k, v in self.cfg.rule.items() if k != "name"}
+        try:
+            return entry.builder(lr, inner_steps, **options)
+        except ValueError as err:
+            raise ConfigError(f"rule {entry.name!r}: {err}") from err
+
+    def model(self, network: str = "classifier"):
+        """The configured model: a ``"classifier"`` (a head of the episode's classes, or of
+        the regression target) or an ``"embedding"`` network."""
+        shared = network == "embedding"
+        if shared:
+            outputs = None
+        else:
+            outputs = self.ways if self.task.classification else self.task.data.outputs
+        options = self.cfg.model
+        if options.get("conv_impl") == "auto":  # native convolutions for shared weights
+            options = options.replace(conv_impl="xla" if shared else default_conv_impl())
+        self.conv_impl = options.get("conv_impl")
+        spec = ModelSpec(self.input_shape, self.task.data.inputs, outputs, shared)
+        self.network = network
+        self.train_model = _model(options, spec)
+        self.model_built = test_mode(self.train_model) if self.test else self.train_model
+        return self.model_built
+
+    def build(self, factory: Callable, options: dict, *, network: str = "classifier"):
+        """``factory(model, **options)``, with what the other components supply."""
+        model = self.model(network)
+        params = inspect.signature(factory).parameters
+        kwargs = dict(options)
+
+        def default(key):
+            return kwargs.get(key, params[key].default if key in params else None)
+
+        supply = {
+            "ways": lambda: self.ways,
+            "loss_fn": lambda: self.loss_fn,
+            "metric_fn": lambda: self.metric_fn,
+            "rule": lambda: self.rule(default("inner_lr"), default("inner_steps")),
+            "adapt_filter": lambda: trainable(model),
+            "num_classes": self.base_classes,
+            "input_shape": lambda: self.input_shape,
+            "embed_dim": lambda: self._embed_dim(model),
+        }
+        for key, value in supply.items():
+            if key in params and key not in kwargs:
+                value = value()
+                if value is not None:
+                    kwargs[key] = value
+        if "inner_lr" in kwargs:
+            check_rate("learner.inner_lr", kwargs["inner_lr"])
+        return factory(model, **kwargs)
+
+    def _embed_dim(self, model) -> int:
+        dtype = "int32" if self.task.data.inputs == "tokens" else "float32"
+        x = jax.ShapeDtypeStruct((2,) + self.input_shape, dtype)
+        params = jax.eval_shape(model.init, jax.random.key(0))
+        return int(jax.eval_shape(model.apply, params, x).shape[-1])
+
+
+class Setup(NamedTuple):
+    """A built learner and what the loop needs beside it.
+
+    Attributes:
+      learner: the :class:`jmeta.core.MetaLearner`.
+      model: the model it was built on (in test mode for a test setup).
+      train_model: the same model in training mode (BatchNorm statistics are estimated on it).
+      task_map: the resolved task-mapping strategy.
+      conv_impl: the resolved convolution implementation of the model, or ``None``.
+    """
+
+    learner: MetaLearner
+    model: object
+    train_model: object
+    task_map: str
+    conv_impl: str | None = None
+
+
+@functools.lru_cache(maxsize=16)
+def build(cfg: Config, task: Task, *, test: bool = False) -> Setup:
+    """The learner of a config on its task (``test=True``: as validation and meta-testing use
+    it, with the test ways and the model in test mode). Built once per (config, task)."""
+    cfg = validate(cfg)
+    entry = ALGORITHMS[cfg.learner.name]
+    env = BuildEnv(cfg, task, test=test)
+    options = {k: v for k, v in cfg.learner.items() if k != "name"}
+    try:
+        learner = entry.builder(env, **options)
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"learner {entry.name!r}: {err}") from err
+    if not isinstance(learner, MetaLearner):
+        raise ConfigError(f"learner {entry.name!r}: its builder returned "
+                          f"{type(learner).__name__}, not a jmeta.core.MetaLearner.")
+    if cfg.rule and not env.rule_used:
+        raise ConfigError(f"learner {entry.name!r} takes no inner rule (rule.name="
+                          f"{cfg.rule.name!r}): leave out the rule section.")
+    if cfg.rule.get("body_lr") is not None:  # the rule checks the adapted parameters at init
+        try:
+            jax.eval_shape(learner.init, jax.random.key(0))
+        except ValueError as err:
+            raise ConfigError(f"rule {cfg.rule.name!r} of learner {entry.name!r}: {err}") from err
+    if task.classification and test_ways(cfg) != cfg.data.ways and not learner.any_ways:
+        raise ConfigError(
+            f"eval.ways={test_ways(cfg)} differs from data.ways={cfg.data.ways}, but "
+            f"{entry.name!r} has a ways-sized head; only learners whose classifier is built from "
+            "the support set (their MetaLearner.any_ways, e.g. protonets) test on other ways.")
+    task_map = cfg.train.task_map
+    if task_map == "auto":
+        shared_native = env.network == "embedding" and env.conv_impl == "xla"
+        task_map = "vmap" if learner.family == "conv" and shared_native else default_task_map(
+            learner.family)
+    return Setup(learner, env.model_built, env.train_model, task_map, env.conv_impl)
+
+
+def build_learner(cfg: Config, task: Task, *, test: bool = False) -> MetaLearner:
+    """The :class:`jmeta.core.MetaLearner` of a config (see :func:`build`)."""
+    return build(cfg, task, test=test).learner
+
+
+def check_config(cfg: Config) -> Config:
+    """``cfg`` validated, with its model and learner built on shapes alone (no data read,
+    nothing compiled): every mistake a config can hold, raised as a :class:`ConfigError`.
+
+    Example:
+      >>> cfg = check_config(Config(learner=dict(name="maml", inner_lr=0.4)))
+      >>> cfg.learner.inner_lr
+      0.4
+    """
+    cfg = validate(cfg)
+    task = model_task(cfg)
+    build(cfg, task)
+    if task.classification:
+        build(cfg, task, test=True)
+    return cfg
+
+
+def test_params(cfg: Config, task: Task, meta, key: PRNGKey):
+    """Meta-parameters ready for testing: with BatchNorm running statistics
+    (``bn_mode="running"``), the population statistics estimated from ``eval.bn_batches``
+    batches of training images."""
+    setup = build(cfg, task)
+    model = setup.train_model
+    if getattr(model, "stats_apply", None) is None:
+        return meta
+    shapes = jax.eval_shape(setup.learner.init, jax.random.key(0))["model"]
+    base = jax.eval_shape(model.init, jax.random.key(0))
+    if jax.tree.map(lambda s: s.shape, shapes) != jax.tree.map(lambda s: s.shape, base):
+        # Per-step statistics (MAML++): the network adapted k steps uses slice k.
+        episodes = task.train_episodes(key, cfg.eval.bn_batches)
+        return dict(meta, model=per_step_batch_stats(model, setup.learner, meta, episodes))
+    stats = estimate_batch_stats(model, meta["model"], task.train_images(key, cfg.eval.bn_batches))
+    return dict(meta, model=stats)
+
+
+def frozen_meta(model) -> Callable[[str], bool] | None:
+    """The meta-parameters a run never changes, as a predicate on their paths
+    (``"model/backbone/..."``, from the model's ``frozen``), or ``None``: run checkpoints leave
+    them out (restores read them again from the pretrained weights), the outer optimizer keeps
+    no state for them."""
+    frozen = getattr(model, "frozen", None)
+    if frozen is None:
+        return None
+    return lambda path: path.startswith("model/") and frozen(path[len("model/"):])
 
 
 def build_schedule(cfg: Config):
     """The meta learning rate as a float (constant) or an optax schedule of the step."""
-    if cfg.lr_schedule == "step":
-        return optax.exponential_decay(cfg.meta_lr, cfg.lr_decay_every, cfg.lr_decay_rate,
-                                       staircase=True)
-    if cfg.lr_schedule == "linear":
-        return optax.linear_schedule(cfg.meta_lr, cfg.lr_min, cfg.num_steps)
-    if cfg.lr_schedule == "cosine":
-        return optax.cosine_decay_schedule(cfg.meta_lr, cfg.num_steps,
-                                           alpha=cfg.lr_min / cfg.meta_lr if cfg.meta_lr else 0.0)
-    return cfg.meta_lr
+    opt, steps = cfg.optimizer, cfg.train.meta_steps
+    if opt.schedule == "step":
+        return optax.exponential_decay(opt.lr, opt.decay_every, opt.decay_rate, staircase=True)
+    if opt.schedule == "linear":
+        return optax.linear_schedule(opt.lr, opt.lr_min, steps)
+    if opt.schedule == "cosine":
+        return optax.cosine_decay_schedule(opt.lr, steps, alpha=opt.lr_min / opt.lr)
+    return opt.lr
 
 
-def checkpoint_frozen(cfg: Config):
-    """The parameters a run's checkpoints leave out, as a predicate on their paths (the
-    pretrained encoder of ``bert_lora``: restores read it again from the pretrained weights),
-    or ``None`` (everything is saved)."""
-    if cfg.model == "bert_lora":
-        from jmeta.train._text import trainable_path
-
-        return lambda path: not trainable_path(path)
-    return None
-
-
-def build_optimizer(cfg: Config) -> optax.GradientTransformation:
-    """The outer optimizer of a config: SGD or Adam on ``build_schedule``'s step sizes, after
-    clipping the meta-gradient's global norm at ``meta_grad_clip`` when it is positive.
+def build_optimizer(cfg: Config, model=None) -> optax.GradientTransformation:
+    """The outer optimizer of a config: SGD or Adam on :func:`build_schedule`'s step sizes,
+    after clipping the meta-gradient's global norm at ``optimizer.grad_clip`` when positive;
+    the frozen parameters of ``model`` (:func:`frozen_meta`) get no update and no state.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> tx = build_optimizer(Config(meta_optimizer="sgd", meta_lr=1.0, meta_grad_clip=0.25))
+      >>> cfg = Config(optimizer=dict(name="sgd", lr=1.0, grad_clip=0.25))
+      >>> tx = build_optimizer(validate(cfg))
       >>> updates, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
       >>> updates["w"].tolist()  # the gradient's norm 5 scaled to 0.25, then the SGD step
       [-0.15000000596046448, -0.20000000298023224]
     """
+    cfg = validate(cfg)
     lr = build_schedule(cfg)
-    tx = optax.sgd(lr) if cfg.meta_optimizer == "sgd" else optax.adam(lr)
-    if cfg.meta_grad_clip > 0:
-        tx = optax.chain(optax.clip_by_global_norm(cfg.meta_grad_clip), tx)
-    if cfg.model == "bert_lora":  # no optimizer state for the frozen encoder, no update of it
-        from jmeta.train._text import freeze_backbone
+    tx = optax.sgd(lr) if cfg.optimizer.name == "sgd" else optax.adam(lr)
+    if cfg.optimizer.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.optimizer.grad_clip), tx)
+    frozen = frozen_meta(model)
+    if frozen is None:
+        return tx
 
-        return freeze_backbone(tx)
-    return tx
+    def labels(params):
+        return jax.tree.map(lambda f: "frozen" if f else "train", mask_by_path(params, frozen))
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

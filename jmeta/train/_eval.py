@@ -82,7 +82,8 @@ def _curves_fn(learner: MetaLearner, max_steps: int, loss_fn: Callable, task_map
         def query_loss(p):
             return loss_fn(learner.predict(p, episode.query.x), episode.query.y)
 
-        _, trace = learner.adapt(meta, episode.support, num_steps=max_steps, key=k, eval_fn=query_loss)
+        _, trace = learner.adapt(meta, episode.support, inner_steps=max_steps, key=k,
+                                 eval_fn=query_loss)
         return jnp.concatenate([query_loss(meta["model"])[None], trace["eval"]])
 
     return jax.jit(
@@ -144,7 +145,7 @@ def _sparse_fn(learner: MetaLearner, steps: tuple, loss_fn: Callable, task_map: 
             if s == 0:
                 values.append(query_loss(meta["model"]))
             else:
-                params, _ = learner.adapt(meta, episode.support, num_steps=s, key=k)
+                params, _ = learner.adapt(meta, episode.support, inner_steps=s, key=k)
                 values.append(query_loss(params))
         return jnp.stack(values)
 
@@ -157,7 +158,7 @@ def train_pretrained(
     model: Model,
     optimizer: optax.GradientTransformation,
     sampler: Callable[[PRNGKey], TaskBatch],
-    num_steps: int,
+    meta_steps: int,
     key: PRNGKey,
     *,
     loss_fn: Callable = mse_loss,
@@ -189,8 +190,8 @@ def train_pretrained(
         return p, s
 
     done = 0
-    while done < num_steps:
-        length = min(steps_per_call, num_steps - done)
+    while done < meta_steps:
+        length = min(steps_per_call, meta_steps - done)
         params, opt_state = run(params, opt_state, done, length)
         done += length
     return params
