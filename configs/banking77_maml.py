@@ -23,35 +23,21 @@ Make:    make reproduce-banking77_maml-5w1s          (all methods: make reproduc
 """
 
 ROWS = {
-    "5w1s": dict(k_shot=1, num_steps=1000),
-    "5w5s": dict(k_shot=5, num_steps=700, meta_batch_size=2),
+    "5w1s": dict(shots=1, meta_steps=1000),
+    "5w5s": dict(shots=5, meta_steps=700, meta_batch_size=2),
 }
 PAPER = ""
 
 
 def get_config(arg="5w1s"):
     arg = arg or "5w1s"
-    values = dict(
+    row = dict(ROWS[arg])  # the row's shots, budget and (5 shots) meta-batch
+    return dict(
         name=f"banking77_maml-{arg}",
-        task="banking77",
-        model="bert_lora",
-        algorithm="maml",
-        max_length=32,
-        lora_rank=8,
-        lora_alpha=16.0,
-        lora_targets=("query", "value"),
-        ways=5,
-        k_query=5,
-        eval_k_query=15,
-        inner_steps=2,
-        inner_lr=8.0,
-        meta_batch_size=4,
-        meta_lr=3e-4,
-        log_every=25,
-        save_every=250,
-        val_tasks=100,
-        eval_tasks=600,
-        eval_steps=(1, 2),
+        data=dict(name="banking77", max_length=32, ways=5, shots=row.pop("shots"), queries=5),
+        model=dict(name="bert", rank=8, alpha=16.0, targets=("query", "value"), zero_head=True),
+        learner=dict(name="maml", inner_steps=2, inner_lr=8.0),
+        optimizer=dict(lr=3e-4),
+        train={**dict(meta_batch_size=4, log_every=25, save_every=250), **row},
+        eval=dict(queries=15, val_tasks=100, tasks=600, steps=(1, 2)),
     )
-    values.update(ROWS[arg])  # the row's shots, budget and (5 shots) meta-batch
-    return values

@@ -31,36 +31,23 @@ Make:    make reproduce-banking77_reptile-5w1s         (all methods: make reprod
 """
 
 ROWS = {
-    "5w1s": dict(k_shot=1, num_steps=2000, train_shots=5, inner_batch=10, save_every=250),
-    "5w5s": dict(k_shot=5, num_steps=1200, inner_batch=10, save_every=500),
+    "5w1s": dict(shots=1, train_shots=5, meta_steps=2000, save_every=250),
+    "5w5s": dict(shots=5, train_shots=0, meta_steps=1200, save_every=500),
 }
 PAPER = ""
 
 
 def get_config(arg="5w1s"):
     arg = arg or "5w1s"
+    row = dict(ROWS[arg])
     return dict(
         name=f"banking77_reptile-{arg}",
-        task="banking77",
-        model="bert_lora",
-        algorithm="reptile",
-        max_length=32,
-        lora_rank=8,
-        lora_alpha=16.0,
-        lora_targets=("query", "value"),
-        ways=5,
-        k_query=2,
-        eval_k_query=15,
-        inner_steps=3,
-        inner_lr=4.0,
-        body_inner_lr=0.25,  # the adapters' step; the head's is inner_lr
-        meta_batch_size=5,
-        meta_optimizer="sgd",
-        meta_lr=0.1,
-        lr_schedule="linear",
-        log_every=50,
-        val_tasks=100,
-        eval_tasks=600,
-        eval_steps=(1, 3),
-        **ROWS[arg],
+        data=dict(name="banking77", max_length=32, ways=5, shots=row.pop("shots"),
+                  train_shots=row.pop("train_shots"), queries=2),
+        model=dict(name="bert", rank=8, alpha=16.0, targets=("query", "value"), zero_head=True),
+        learner=dict(name="reptile", inner_steps=3, inner_lr=4.0, inner_batch=10),
+        rule=dict(name="sgd", body_lr=0.25),  # the adapters' step; the head's is inner_lr
+        optimizer=dict(name="sgd", lr=0.1, schedule="linear"),
+        train={**dict(meta_batch_size=5, log_every=50), **row},
+        eval=dict(queries=15, val_tasks=100, tasks=600, steps=(1, 3)),
     )

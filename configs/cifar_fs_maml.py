@@ -14,8 +14,8 @@ Make:    make reproduce-cifar_fs_maml-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(k_shot=1, paper=(58.9, 1.9)),
-    "5w5s": dict(k_shot=5, paper=(71.5, 1.0)),
+    "5w1s": dict(shots=1, paper=(58.9, 1.9)),
+    "5w5s": dict(shots=5, paper=(71.5, 1.0)),
 }
 PAPER = "Bertinetto et al. 2019 (R2D2 paper), Table 1"
 
@@ -26,23 +26,12 @@ def get_config(arg="5w1s"):
     paper = row.pop("paper")
     return dict(
         name=f"cifar_fs_maml-{arg}",
-        task="cifar_fs",
-        algorithm="maml",
-        ways=5,
-        model="conv4",
-        filters=32,
-        k_query=15,
-        inner_steps=5,
-        inner_lr=0.01,
-        meta_batch_size=4 if arg == "5w1s" else 2,
-        meta_lr=1e-3,
-        num_steps=60_000,
-        eval_steps=(0, 5, 10),
-        log_every=100,
-        save_every=1000,
-        val_tasks=200,
-        eval_tasks=1000,
-        paper_result=paper,
-        paper_source=PAPER if paper else "",
-        **row,
+        data=dict(name="cifar_fs", ways=5, shots=row["shots"], queries=15),
+        model=dict(name="conv4", filters=32),
+        learner=dict(name="maml", inner_steps=5, inner_lr=0.01),
+        optimizer=dict(lr=1e-3),
+        train=dict(meta_steps=60_000, meta_batch_size=4 if arg == "5w1s" else 2, log_every=100,
+                   save_every=1000),
+        eval=dict(steps=(0, 5, 10), val_tasks=200, tasks=1000),
+        paper=dict(result=paper, source=PAPER if paper else ""),
     )

@@ -16,8 +16,8 @@ Make:    make reproduce-cifar_fs_r2d2-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(k_shot=1, paper=(72.6, 0.7)),
-    "5w5s": dict(k_shot=5, paper=(84.3, 0.5)),
+    "5w1s": dict(shots=1, paper=(72.6, 0.7)),
+    "5w5s": dict(shots=5, paper=(84.3, 0.5)),
 }
 PAPER = "Lee et al. 2019 (MetaOptNet-RR), Table 2"
 
@@ -28,25 +28,11 @@ def get_config(arg="5w1s"):
     paper = row.pop("paper")
     return dict(
         name=f"cifar_fs_r2d2-{arg}",
-        task="cifar_fs",
-        algorithm="r2d2",
-        ways=5,
-        eval_steps=(1,),
-        model="resnet12",
-        k_query=6,
-        eval_k_query=15,
-        meta_batch_size=8,
-        meta_optimizer="sgd",
-        meta_lr=0.1,
-        lr_schedule="step",
-        lr_decay_every=20_000,
-        lr_decay_rate=0.06,
-        num_steps=60_000,
-        log_every=100,
-        save_every=1000,
-        val_tasks=200,
-        eval_tasks=1000,
-        paper_result=paper,
-        paper_source=PAPER if paper else "",
-        **row,
+        data=dict(name="cifar_fs", ways=5, shots=row["shots"], queries=6),
+        model=dict(name="resnet12"),
+        learner=dict(name="r2d2"),
+        optimizer=dict(name="sgd", lr=0.1, schedule="step", decay_every=20_000, decay_rate=0.06),
+        train=dict(meta_steps=60_000, meta_batch_size=8, log_every=100, save_every=1000),
+        eval=dict(steps=(1,), queries=15, val_tasks=200, tasks=1000),
+        paper=dict(result=paper, source=PAPER if paper else ""),
     )

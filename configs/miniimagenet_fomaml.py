@@ -15,8 +15,8 @@ Make:    make reproduce-miniimagenet_fomaml-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(ways=5, k_shot=1, meta_batch_size=4, paper=(48.07, 1.75)),
-    "5w5s": dict(ways=5, k_shot=5, meta_batch_size=2, paper=(63.15, 0.91)),
+    "5w1s": dict(ways=5, shots=1, meta_batch_size=4, paper=(48.07, 1.75)),
+    "5w5s": dict(ways=5, shots=5, meta_batch_size=2, paper=(63.15, 0.91)),
 }
 PAPER = "Finn et al. 2017, Table 1"
 ALGORITHM = "fomaml"
@@ -28,21 +28,12 @@ def get_config(arg="5w1s"):
     paper = row.pop("paper")
     return dict(
         name=f"miniimagenet_{ALGORITHM}-{arg}",
-        task="miniimagenet",
-        algorithm=ALGORITHM,
-        model="conv4",
-        filters=32,
-        k_query=15,
-        inner_steps=5,
-        inner_lr=0.01,
-        meta_lr=1e-3,
-        num_steps=60_000,
-        log_every=100,
-        save_every=1000,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(0, 5, 10),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        data=dict(name="miniimagenet", ways=row["ways"], shots=row["shots"], queries=15),
+        model=dict(name="conv4", filters=32),
+        learner=dict(name=ALGORITHM, inner_steps=5, inner_lr=0.01),
+        optimizer=dict(lr=1e-3),
+        train=dict(meta_steps=60_000, meta_batch_size=row["meta_batch_size"], log_every=100,
+                   save_every=1000),
+        eval=dict(val_tasks=200, tasks=1000, steps=(0, 5, 10)),
+        paper=dict(result=paper, source=PAPER),
     )

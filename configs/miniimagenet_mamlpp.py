@@ -17,8 +17,8 @@ Make:    make reproduce-miniimagenet_mamlpp-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(ways=5, k_shot=1, paper=(52.15, 0.26)),
-    "5w5s": dict(ways=5, k_shot=5, paper=(68.32, 0.44)),
+    "5w1s": dict(ways=5, shots=1, paper=(52.15, 0.26)),
+    "5w5s": dict(ways=5, shots=5, paper=(68.32, 0.44)),
 }
 PAPER = "Antoniou et al. 2019, Table 2"
 
@@ -29,26 +29,12 @@ def get_config(arg="5w1s"):
     paper = row.pop("paper")
     return dict(
         name=f"miniimagenet_mamlpp-{arg}",
-        task="miniimagenet",
-        algorithm="mamlpp",
-        model="conv4",
-        filters=48,
-        k_query=15,
-        inner_steps=5,
-        inner_lr=0.01,
-        msl_anneal_steps=5_000,
-        first_order_until=25_000,
-        meta_batch_size=2,
-        meta_lr=1e-3,
-        lr_schedule="cosine",
-        lr_min=1e-5,
-        num_steps=50_000,
-        log_every=100,
-        save_every=500,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(0, 1, 5),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        data=dict(name="miniimagenet", ways=row["ways"], shots=row["shots"], queries=15),
+        model=dict(name="conv4", filters=48),
+        learner=dict(name="mamlpp", inner_steps=5, inner_lr=0.01, msl_anneal_steps=5_000,
+                     first_order_until=25_000, per_step_bn=True),
+        optimizer=dict(lr=1e-3, schedule="cosine", lr_min=1e-5),
+        train=dict(meta_steps=50_000, meta_batch_size=2, log_every=100, save_every=500),
+        eval=dict(val_tasks=200, tasks=1000, steps=(0, 1, 5)),
+        paper=dict(result=paper, source=PAPER),
     )

@@ -20,8 +20,8 @@ Make:    make reproduce-miniimagenet_metalstm-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(ways=5, k_shot=1, inner_steps=12, paper=(43.44, 0.77)),
-    "5w5s": dict(ways=5, k_shot=5, inner_steps=5, paper=(60.60, 0.71)),
+    "5w1s": dict(ways=5, shots=1, inner_steps=12, paper=(43.44, 0.77)),
+    "5w5s": dict(ways=5, shots=5, inner_steps=5, paper=(60.60, 0.71)),
 }
 PAPER = "Ravi & Larochelle 2017, Table 1"
 
@@ -32,23 +32,12 @@ def get_config(arg="5w1s"):
     paper = row.pop("paper")
     return dict(
         name=f"miniimagenet_metalstm-{arg}",
-        task="miniimagenet",
-        algorithm="maml",
-        inner_rule="meta_lstm",
-        meta_grad_clip=0.25,
-        lstm_hidden=20,
-        model="conv4",
-        filters=32,
-        k_query=15,
-        meta_batch_size=1,
-        meta_lr=1e-3,
-        num_steps=75_000,
-        log_every=100,
-        save_every=1000,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(0, row["inner_steps"]),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        data=dict(name="miniimagenet", ways=row["ways"], shots=row["shots"], queries=15),
+        model=dict(name="conv4", filters=32),
+        learner=dict(name="maml", inner_steps=row["inner_steps"]),
+        rule=dict(name="meta_lstm", hidden=20),
+        optimizer=dict(lr=1e-3, grad_clip=0.25),
+        train=dict(meta_steps=75_000, meta_batch_size=1, log_every=100, save_every=1000),
+        eval=dict(val_tasks=200, tasks=1000, steps=(0, row["inner_steps"])),
+        paper=dict(result=paper, source=PAPER),
     )

@@ -13,8 +13,8 @@ Make:    make reproduce-miniimagenet_protonets-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(ways=30, k_shot=1, paper=(49.42, 0.78)),
-    "5w5s": dict(ways=20, k_shot=5, paper=(68.20, 0.66)),
+    "5w1s": dict(ways=30, shots=1, paper=(49.42, 0.78)),
+    "5w5s": dict(ways=20, shots=5, paper=(68.20, 0.66)),
 }
 PAPER = "Snell et al. 2017, Table 2"
 
@@ -25,23 +25,11 @@ def get_config(arg="5w1s"):
     paper = row.pop("paper")
     return dict(
         name=f"miniimagenet_protonets-{arg}",
-        task="miniimagenet",
-        algorithm="protonets",
-        model="conv4",
-        filters=64,
-        eval_ways=5,
-        k_query=15,
-        meta_batch_size=1,
-        meta_lr=1e-3,
-        lr_schedule="step",
-        lr_decay_every=2000,
-        num_steps=30_000,
-        log_every=100,
-        save_every=1000,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(1,),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        data=dict(name="miniimagenet", ways=row["ways"], shots=row["shots"], queries=15),
+        model=dict(name="conv4", filters=64),
+        learner=dict(name="protonets"),
+        optimizer=dict(lr=1e-3, schedule="step", decay_every=2000),
+        train=dict(meta_steps=30_000, meta_batch_size=1, log_every=100, save_every=1000),
+        eval=dict(ways=5, val_tasks=200, tasks=1000, steps=(1,)),
+        paper=dict(result=paper, source=PAPER),
     )

@@ -15,8 +15,8 @@ Make:    make reproduce-miniimagenet_reptile-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(ways=5, k_shot=1, paper=(49.97, 0.32)),
-    "5w5s": dict(ways=5, k_shot=5, paper=(65.99, 0.58)),
+    "5w1s": dict(ways=5, shots=1, paper=(49.97, 0.32)),
+    "5w5s": dict(ways=5, shots=5, paper=(65.99, 0.58)),
 }
 PAPER = "Nichol et al. 2018, Table 2"
 
@@ -27,25 +27,12 @@ def get_config(arg="5w1s"):
     paper = row.pop("paper")
     return dict(
         name=f"miniimagenet_reptile-{arg}",
-        task="miniimagenet",
-        algorithm="reptile",
-        model="conv4",
-        filters=32,
-        k_query=15,
-        inner_rule="adam",
-        inner_lr=1e-3,
-        inner_steps=8,
-        meta_optimizer="sgd",
-        meta_lr=1.0,
-        lr_schedule="linear",
-        meta_batch_size=5,
-        num_steps=100_000,
-        log_every=100,
-        save_every=2000,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(0, 8, 50),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        data=dict(name="miniimagenet", ways=row["ways"], shots=row["shots"], queries=15),
+        model=dict(name="conv4", filters=32),
+        learner=dict(name="reptile", inner_lr=1e-3, inner_steps=8),
+        rule=dict(name="adam"),
+        optimizer=dict(name="sgd", lr=1.0, schedule="linear"),
+        train=dict(meta_steps=100_000, meta_batch_size=5, log_every=100, save_every=2000),
+        eval=dict(val_tasks=200, tasks=1000, steps=(0, 8, 50)),
+        paper=dict(result=paper, source=PAPER),
     )

@@ -14,10 +14,10 @@ Make:    make reproduce-omniglot_anil-20w1s
 """
 
 ROWS = {
-    "5w1s": dict(ways=5, k_shot=1, paper=()),
-    "5w5s": dict(ways=5, k_shot=5, paper=()),
-    "20w1s": dict(ways=20, k_shot=1, paper=(96.2, 0.5)),
-    "20w5s": dict(ways=20, k_shot=5, paper=(98.0, 0.3)),
+    "5w1s": dict(ways=5, shots=1, paper=()),
+    "5w5s": dict(ways=5, shots=5, paper=()),
+    "20w1s": dict(ways=20, shots=1, paper=(96.2, 0.5)),
+    "20w5s": dict(ways=20, shots=5, paper=(98.0, 0.3)),
 }
 PAPER = "Raghu et al. 2020, Table 2"
 
@@ -29,23 +29,13 @@ def get_config(arg="20w1s"):
     five = row["ways"] == 5
     return dict(
         name=f"omniglot_anil-{arg}",
-        task="omniglot",
-        algorithm="anil",
-        model="conv4",
-        filters=64,
-        strided=True,
-        k_query=15,
-        inner_steps=1 if five else 5,
-        inner_lr=0.4 if five else 0.1,
-        meta_batch_size=32 if five else 16,
-        meta_lr=1e-3,
-        num_steps=60_000,
-        log_every=100,
-        save_every=1000,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(0, 1, 3) if five else (0, 1, 5),
-        paper_result=paper,
-        paper_source=PAPER if paper else "",
-        **row,
+        data=dict(name="omniglot", protocol="vinyals", ways=row["ways"], shots=row["shots"],
+                  queries=15),
+        model=dict(name="conv4", filters=64, strided=True),
+        learner=dict(name="anil", inner_steps=1 if five else 5, inner_lr=0.4 if five else 0.1),
+        optimizer=dict(lr=1e-3),
+        train=dict(meta_steps=60_000, meta_batch_size=32 if five else 16, log_every=100,
+                   save_every=1000),
+        eval=dict(val_tasks=200, tasks=1000, steps=(0, 1, 3) if five else (0, 1, 5)),
+        paper=dict(result=paper, source=PAPER if paper else ""),
     )

@@ -14,10 +14,10 @@ Make:    make reproduce-omniglot_fomaml-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(ways=5, k_shot=1, paper=(98.3, 0.5)),
-    "5w5s": dict(ways=5, k_shot=5, paper=(99.2, 0.2)),
-    "20w1s": dict(ways=20, k_shot=1, paper=(89.4, 0.5)),
-    "20w5s": dict(ways=20, k_shot=5, paper=(97.9, 0.1)),
+    "5w1s": dict(ways=5, shots=1, paper=(98.3, 0.5)),
+    "5w5s": dict(ways=5, shots=5, paper=(99.2, 0.2)),
+    "20w1s": dict(ways=20, shots=1, paper=(89.4, 0.5)),
+    "20w5s": dict(ways=20, shots=5, paper=(97.9, 0.1)),
 }
 PAPER = "Finn et al. 2017 (first-order), via Nichol et al. 2018, Table 1"
 
@@ -29,24 +29,13 @@ def get_config(arg="5w1s"):
     five = row["ways"] == 5
     return dict(
         name=f"omniglot_fomaml-{arg}",
-        task="omniglot",
-        algorithm="fomaml",
-        model="conv4",
-        filters=64,
-        strided=True,
-        k_query=15,
-        inner_steps=1 if five else 5,
-        inner_lr=0.4 if five else 0.1,
-        meta_batch_size=32 if five else 16,
-        meta_lr=1e-3,
-        num_steps=60_000,
-        task_map="unroll",
-        log_every=100,
-        save_every=1000,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(0, 1, 3) if five else (0, 1, 5),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        data=dict(name="omniglot", protocol="vinyals", ways=row["ways"], shots=row["shots"],
+                  queries=15),
+        model=dict(name="conv4", filters=64, strided=True),
+        learner=dict(name="fomaml", inner_steps=1 if five else 5, inner_lr=0.4 if five else 0.1),
+        optimizer=dict(lr=1e-3),
+        train=dict(meta_steps=60_000, meta_batch_size=32 if five else 16, task_map="unroll",
+                   log_every=100, save_every=1000),
+        eval=dict(val_tasks=200, tasks=1000, steps=(0, 1, 3) if five else (0, 1, 5)),
+        paper=dict(result=paper, source=PAPER),
     )

@@ -12,13 +12,13 @@ filters, transductive BatchNorm); 5 inner steps in training and at test, second-
 inner step size 0.1 (the learned rules start there: Meta-SGD's and LSLR's rates, Meta-LSTM's
 input gate); meta-batch 4 (5-way) / 2 (20-way); Adam 1e-3; 1,000 meta-steps; 15 queries per
 class (5 for 20-way); best checkpoint on validation classes; 1000 test tasks. Only the inner
-rule differs between the runs of a row, chosen by an override:
+rule differs between the runs of a row, chosen by the second token of the row:
 
-    inner_rule=sgd | inner_rule=lslr | inner_rule=meta_lstm | inner_rule=lstm_optimizer
-    algorithm=metasgd                (Meta-SGD learns its rates as its own algorithm)
+    :5w1s,sgd | :5w1s,lslr | :5w1s,meta_lstm | :5w1s,lstm_optimizer
+    :5w1s,metasgd                    (Meta-SGD learns its rates as its own algorithm)
 
-Rows:    jmeta train configs/omniglot_inner_rules.py:5w1s inner_rule=meta_lstm   (20w1s)
-CPU:     jmeta train configs/omniglot_inner_rules.py:5w1s,runlocal inner_rule=meta_lstm
+Rows:    jmeta train configs/omniglot_inner_rules.py:5w1s,meta_lstm   (20w1s)
+CPU:     jmeta train configs/omniglot_inner_rules.py:5w1s,meta_lstm,runlocal
 Make:    make compare-inner-rules   (all five rules, both rows; docs/results.md)
 
 Budget: the LSTM rules run a 20-unit LSTM per coordinate (112k coordinates of Conv-4), which
@@ -28,34 +28,33 @@ whole comparison is several CPU hours; the meta-batch and step count are sized f
 """
 
 ROWS = {
-    "5w1s": dict(ways=5, k_shot=1, meta_batch_size=4, k_query=15, paper=(98.7, 0.4)),
-    "20w1s": dict(ways=20, k_shot=1, meta_batch_size=2, k_query=5, paper=(95.8, 0.3)),
+    "5w1s": dict(ways=5, shots=1, meta_batch_size=4, queries=15, paper=(98.7, 0.4)),
+    "20w1s": dict(ways=20, shots=1, meta_batch_size=2, queries=5, paper=(95.8, 0.3)),
 }
 PAPER = "Finn et al. 2017 (MAML with SGD, full schedule)"
+RULES = {  # one run per rule, all else equal; Meta-SGD learns its rates as its own algorithm
+    "sgd": dict(learner=dict(name="maml", inner_steps=5, inner_lr=0.1), rule=dict(name="sgd")),
+    "lslr": dict(learner=dict(name="maml", inner_steps=5, inner_lr=0.1), rule=dict(name="lslr")),
+    "meta_lstm": dict(learner=dict(name="maml", inner_steps=5, inner_lr=0.1),
+                      rule=dict(name="meta_lstm")),
+    "lstm_optimizer": dict(learner=dict(name="maml", inner_steps=5, inner_lr=0.1),
+                           rule=dict(name="lstm_optimizer")),
+    "metasgd": dict(learner=dict(name="metasgd", inner_steps=5), rule={}),
+}
 
 
 def get_config(arg="5w1s"):
-    arg = arg or "5w1s"
-    row = dict(ROWS[arg])
+    row_name, _, rule = (arg or "5w1s").partition(",")
+    row = dict(ROWS[row_name])
     paper = row.pop("paper")
     return dict(
-        name=f"omniglot_inner_rules-{arg}",
-        task="omniglot",
-        algorithm="maml",
-        inner_rule="sgd",
-        model="conv4",
-        filters=64,
-        strided=True,
-        inner_steps=5,
-        inner_lr=0.1,
-        meta_lr=1e-3,
-        num_steps=1_000,
-        log_every=50,
-        save_every=250,
-        val_tasks=100,
-        eval_tasks=1000,
-        eval_steps=(0, 5),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        name=f"omniglot_inner_rules-{row_name}" + (f"-{rule}" if rule else ""),
+        data=dict(name="omniglot", ways=row["ways"], shots=row["shots"], queries=row["queries"]),
+        model=dict(name="conv4", filters=64, strided=True),
+        **RULES[rule or "sgd"],
+        optimizer=dict(lr=1e-3),
+        train=dict(meta_steps=1_000, meta_batch_size=row["meta_batch_size"], log_every=50,
+                   save_every=250),
+        eval=dict(val_tasks=100, tasks=1000, steps=(0, 5)),
+        paper=dict(result=paper, source=PAPER),
     )

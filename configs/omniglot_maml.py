@@ -15,39 +15,28 @@ Make:    make reproduce-omniglot_maml-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(ways=5, k_shot=1, paper=(98.7, 0.4)),
-    "5w5s": dict(ways=5, k_shot=5, paper=(99.9, 0.1)),
-    "20w1s": dict(ways=20, k_shot=1, paper=(95.8, 0.3)),
-    "20w5s": dict(ways=20, k_shot=5, paper=(98.9, 0.2)),
+    "5w1s": dict(ways=5, shots=1, paper=(98.7, 0.4)),
+    "5w5s": dict(ways=5, shots=5, paper=(99.9, 0.1)),
+    "20w1s": dict(ways=20, shots=1, paper=(95.8, 0.3)),
+    "20w5s": dict(ways=20, shots=5, paper=(98.9, 0.2)),
 }
 PAPER = "Finn et al. 2017, Table 1"
 
 
 def get_config(arg="5w1s"):
-    row = dict(ROWS[arg or "5w1s"])
+    arg = arg or "5w1s"
+    row = dict(ROWS[arg])
     paper = row.pop("paper")
     five = row["ways"] == 5
     return dict(
-        name=f"omniglot_maml-{arg or '5w1s'}",
-        task="omniglot",
-        omniglot_protocol="vinyals",
-        algorithm="maml",
-        model="conv4",
-        filters=64,
-        strided=True,
-        k_query=15,
-        inner_steps=1 if five else 5,
-        inner_lr=0.4 if five else 0.1,
-        meta_batch_size=32 if five else 16,
-        meta_lr=1e-3,
-        num_steps=60_000,
-        task_map="unroll",
-        log_every=100,
-        save_every=1000,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(0, 1, 3) if five else (0, 1, 5),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        name=f"omniglot_maml-{arg}",
+        data=dict(name="omniglot", protocol="vinyals", ways=row["ways"], shots=row["shots"],
+                  queries=15),
+        model=dict(name="conv4", filters=64, strided=True),
+        learner=dict(name="maml", inner_steps=1 if five else 5, inner_lr=0.4 if five else 0.1),
+        optimizer=dict(lr=1e-3),
+        train=dict(meta_steps=60_000, meta_batch_size=32 if five else 16, task_map="unroll",
+                   log_every=100, save_every=1000),
+        eval=dict(val_tasks=200, tasks=1000, steps=(0, 1, 3) if five else (0, 1, 5)),
+        paper=dict(result=paper, source=PAPER),
     )

@@ -10,28 +10,18 @@ the test classes. Episodes are drawn on the device (sampler=device); sampler=hos
 NumPy and prefetches.
 
 Command:  jmeta train configs/omniglot_maml_mlp.py --data-dir ../shared/data
-5-shot:   jmeta train configs/omniglot_maml_mlp.py k_shot=5 --data-dir ../shared/data
-CPU-size: jmeta train configs/omniglot_maml_mlp.py num_steps=3000 --data-dir ../shared/data
+5-shot:   jmeta train configs/omniglot_maml_mlp.py data.shots=5 --data-dir ../shared/data
+CPU-size: jmeta train configs/omniglot_maml_mlp.py train.meta_steps=3000 --data-dir ../shared/data
 """
-
 
 def get_config():
     return dict(
         name="omniglot_maml_mlp",
-        task="omniglot",
-        omniglot_protocol="vinyals",
-        sampler="device",
-        algorithm="maml",
-        ways=5,
-        k_shot=1,
-        k_query=15,
-        hidden=(256, 128, 64, 64),
-        inner_steps=1,
-        inner_lr=0.4,
-        meta_batch_size=32,
-        meta_lr=1e-3,
-        num_steps=40_000,
-        log_every=250,
-        eval_tasks=1000,
-        eval_steps=(0, 1, 3),
+        data=dict(name="omniglot", protocol="vinyals", sampler="device", ways=5, shots=1,
+                  queries=15),
+        model=dict(name="mlp", hidden=(256, 128, 64, 64)),
+        learner=dict(name="maml", inner_steps=1, inner_lr=0.4),
+        optimizer=dict(lr=1e-3),
+        train=dict(meta_steps=40_000, meta_batch_size=32, log_every=250),
+        eval=dict(tasks=1000, steps=(0, 1, 3)),
     )

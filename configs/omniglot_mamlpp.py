@@ -18,10 +18,10 @@ Make:    make reproduce-omniglot_mamlpp-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(ways=5, k_shot=1, paper=(99.47,)),
-    "5w5s": dict(ways=5, k_shot=5, paper=(99.93,)),
-    "20w1s": dict(ways=20, k_shot=1, paper=(97.65, 0.05)),
-    "20w5s": dict(ways=20, k_shot=5, paper=(99.33, 0.03)),
+    "5w1s": dict(ways=5, shots=1, paper=(99.47,)),
+    "5w5s": dict(ways=5, shots=5, paper=(99.93,)),
+    "20w1s": dict(ways=20, shots=1, paper=(97.65, 0.05)),
+    "20w5s": dict(ways=20, shots=5, paper=(99.33, 0.03)),
 }
 PAPER = "Antoniou et al. 2019, Table 1"
 
@@ -33,28 +33,13 @@ def get_config(arg="5w1s"):
     five = row["ways"] == 5
     return dict(
         name=f"omniglot_mamlpp-{arg}",
-        task="omniglot",
-        algorithm="mamlpp",
-        model="conv4",
-        filters=64,
-        strided=False,
-        k_query=15,
-        inner_steps=5,
-        inner_lr=0.1,
-        msl_anneal_steps=5_000,
-        first_order_until=25_000,
-        per_step_bn=True,
-        meta_batch_size=16 if five else 8,
-        meta_lr=1e-3,
-        lr_schedule="cosine",
-        lr_min=1e-5,
-        num_steps=75_000,
-        log_every=100,
-        save_every=500,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(0, 1, 5),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        data=dict(name="omniglot", ways=row["ways"], shots=row["shots"], queries=15),
+        model=dict(name="conv4", filters=64, strided=False),
+        learner=dict(name="mamlpp", inner_steps=5, inner_lr=0.1, msl_anneal_steps=5_000,
+                     first_order_until=25_000, per_step_bn=True),
+        optimizer=dict(lr=1e-3, schedule="cosine", lr_min=1e-5),
+        train=dict(meta_steps=75_000, meta_batch_size=16 if five else 8, log_every=100,
+                   save_every=500),
+        eval=dict(val_tasks=200, tasks=1000, steps=(0, 1, 5)),
+        paper=dict(result=paper, source=PAPER),
     )

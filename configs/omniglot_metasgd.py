@@ -14,10 +14,10 @@ Make:    make reproduce-omniglot_metasgd-5w1s
 """
 
 ROWS = {
-    "5w1s": dict(ways=5, k_shot=1, paper=(99.53, 0.26)),
-    "5w5s": dict(ways=5, k_shot=5, paper=(99.93, 0.09)),
-    "20w1s": dict(ways=20, k_shot=1, paper=(95.93, 0.38)),
-    "20w5s": dict(ways=20, k_shot=5, paper=(98.97, 0.19)),
+    "5w1s": dict(ways=5, shots=1, paper=(99.53, 0.26)),
+    "5w5s": dict(ways=5, shots=5, paper=(99.93, 0.09)),
+    "20w1s": dict(ways=20, shots=1, paper=(95.93, 0.38)),
+    "20w5s": dict(ways=20, shots=5, paper=(98.97, 0.19)),
 }
 PAPER = "Li et al. 2017"
 
@@ -29,24 +29,12 @@ def get_config(arg="5w1s"):
     five = row["ways"] == 5
     return dict(
         name=f"omniglot_metasgd-{arg}",
-        task="omniglot",
-        algorithm="metasgd",
-        model="conv4",
-        filters=64,
-        strided=True,
-        k_query=15,
-        inner_steps=1,
-        metasgd_init_lr=(0.005, 0.1),
-        meta_batch_size=32 if five else 16,
-        meta_lr=1e-3,
-        num_steps=60_000,
-        task_map="unroll",
-        log_every=100,
-        save_every=1000,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(0, 1),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        data=dict(name="omniglot", ways=row["ways"], shots=row["shots"], queries=15),
+        model=dict(name="conv4", filters=64, strided=True),
+        learner=dict(name="metasgd", inner_steps=1, init_lr=(0.005, 0.1)),
+        optimizer=dict(lr=1e-3),
+        train=dict(meta_steps=60_000, meta_batch_size=32 if five else 16, task_map="unroll",
+                   log_every=100, save_every=1000),
+        eval=dict(val_tasks=200, tasks=1000, steps=(0, 1)),
+        paper=dict(result=paper, source=PAPER),
     )

@@ -16,10 +16,10 @@ Test a trained run on other ways:  jmeta eval RUN_DIR --ways 20
 """
 
 ROWS = {
-    "5w1s": dict(eval_ways=5, k_shot=1, paper=(98.8,)),
-    "5w5s": dict(eval_ways=5, k_shot=5, paper=(99.7,)),
-    "20w1s": dict(eval_ways=20, k_shot=1, paper=(96.0,)),
-    "20w5s": dict(eval_ways=20, k_shot=5, paper=(98.9,)),
+    "5w1s": dict(eval_ways=5, shots=1, paper=(98.8,)),
+    "5w5s": dict(eval_ways=5, shots=5, paper=(99.7,)),
+    "20w1s": dict(eval_ways=20, shots=1, paper=(96.0,)),
+    "20w5s": dict(eval_ways=20, shots=5, paper=(98.9,)),
 }
 PAPER = "Snell et al. 2017, Table 1"
 
@@ -30,25 +30,11 @@ def get_config(arg="5w1s"):
     paper = row.pop("paper")
     return dict(
         name=f"omniglot_protonets-{arg}",
-        task="omniglot",
-        algorithm="protonets",
-        model="conv4",
-        filters=64,
-        ways=60,
-        k_query=5,
-        eval_k_query=15,
-        meta_batch_size=1,
-        meta_lr=1e-3,
-        lr_schedule="step",
-        lr_decay_every=2000,
-        lr_decay_rate=0.5,
-        num_steps=20_000,
-        log_every=100,
-        save_every=1000,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(1,),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        data=dict(name="omniglot", ways=60, shots=row["shots"], queries=5),
+        model=dict(name="conv4", filters=64),
+        learner=dict(name="protonets"),
+        optimizer=dict(lr=1e-3, schedule="step", decay_every=2000, decay_rate=0.5),
+        train=dict(meta_steps=20_000, meta_batch_size=1, log_every=100, save_every=1000),
+        eval=dict(ways=row["eval_ways"], queries=15, val_tasks=200, tasks=1000, steps=(1,)),
+        paper=dict(result=paper, source=PAPER),
     )

@@ -19,13 +19,13 @@ CPU:     jmeta train configs/omniglot_reptile.py:5w1s,runlocal
 Make:    make reproduce-omniglot_reptile-5w1s
 """
 
-FIVE_WAY = dict(ways=5, inner_batch=10, inner_steps=5, inner_lr=1e-3, num_steps=100_000)
-TWENTY_WAY = dict(ways=20, inner_batch=20, inner_steps=10, inner_lr=5e-4, num_steps=200_000)
+FIVE_WAY = dict(ways=5, inner_batch=10, inner_steps=5, inner_lr=1e-3, meta_steps=100_000)
+TWENTY_WAY = dict(ways=20, inner_batch=20, inner_steps=10, inner_lr=5e-4, meta_steps=200_000)
 ROWS = {
-    "5w1s": dict(FIVE_WAY, k_shot=1, paper=(97.68, 0.04)),
-    "5w5s": dict(FIVE_WAY, k_shot=5, paper=(99.48, 0.06)),
-    "20w1s": dict(TWENTY_WAY, k_shot=1, paper=(89.43, 0.14)),
-    "20w5s": dict(TWENTY_WAY, k_shot=5, paper=(97.12, 0.32)),
+    "5w1s": dict(FIVE_WAY, shots=1, paper=(97.68, 0.04)),
+    "5w5s": dict(FIVE_WAY, shots=5, paper=(99.48, 0.06)),
+    "20w1s": dict(TWENTY_WAY, shots=1, paper=(89.43, 0.14)),
+    "20w5s": dict(TWENTY_WAY, shots=5, paper=(97.12, 0.32)),
 }
 PAPER = "Nichol et al. 2018, Table 1"
 
@@ -36,28 +36,15 @@ def get_config(arg="5w1s"):
     paper = row.pop("paper")
     return dict(
         name=f"omniglot_reptile-{arg}",
-        task="omniglot",
-        algorithm="reptile",
-        model="conv4",
-        filters=64,
-        strided=True,
-        k_query=10,
-        eval_k_query=15,
-        train_shots=10,
-        inner_rule="adam",
-        inner_beta1=0.0,
-        meta_optimizer="sgd",
-        meta_lr=1.0,
-        lr_schedule="linear",
-        lr_min=0.0,
-        meta_batch_size=5,
-        task_map="unroll",
-        log_every=100,
-        save_every=2000,
-        val_tasks=200,
-        eval_tasks=1000,
-        eval_steps=(0, 5, 50),
-        paper_result=paper,
-        paper_source=PAPER,
-        **row,
+        data=dict(name="omniglot", ways=row["ways"], shots=row["shots"], train_shots=10,
+                  queries=10),
+        model=dict(name="conv4", filters=64, strided=True),
+        learner=dict(name="reptile", inner_batch=row["inner_batch"], inner_steps=row["inner_steps"],
+                     inner_lr=row["inner_lr"]),
+        rule=dict(name="adam", b1=0.0),
+        optimizer=dict(name="sgd", lr=1.0, schedule="linear", lr_min=0.0),
+        train=dict(meta_steps=row["meta_steps"], meta_batch_size=5, task_map="unroll",
+                   log_every=100, save_every=2000),
+        eval=dict(queries=15, val_tasks=200, tasks=1000, steps=(0, 5, 50)),
+        paper=dict(result=paper, source=PAPER),
     )

@@ -8,18 +8,13 @@ steps; `make reproduce-maml-sinusoid` runs the full one.
 Command: jmeta train configs/sinusoid_demo.py --run-dir runs/demo
 """
 
-
 def get_config():
     return dict(
         name="sinusoid_demo",
-        algorithm="maml",
-        k_shot=10,
-        inner_steps=1,
-        inner_lr=0.01,
-        meta_batch_size=25,
-        meta_lr=1e-3,
-        num_steps=40_000,
-        log_every=500,
-        eval_tasks=1000,
-        eval_steps=(1, 10),
+        data=dict(name="sinusoid", shots=10),
+        model=dict(name="mlp", hidden=(40, 40)),
+        learner=dict(name="maml", inner_steps=1, inner_lr=0.01),
+        optimizer=dict(name="adam", lr=1e-3),
+        train=dict(meta_steps=40_000, meta_batch_size=25, log_every=500),
+        eval=dict(tasks=1000, steps=(1, 10)),
     )

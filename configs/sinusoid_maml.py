@@ -9,23 +9,17 @@ task; MLP 1-40-40-1 (ReLU); one inner SGD step at 0.01, second order; meta-batch
 1e-3; 70,000 meta-steps. Meta-test: 1000 new tasks, 100 query points each, MSE after 1 and 10
 steps, beside the "pretrained" baseline (MAML Figure 2).
 
-Command (one K):   jmeta train configs/sinusoid_maml.py k_shot=10
+Command (one K):   jmeta train configs/sinusoid_maml.py data.shots=10
 All three K:       make reproduce-maml-sinusoid
 """
-
 
 def get_config():
     return dict(
         name="sinusoid_maml",
-        algorithm="maml",
-        k_shot=10,
-        inner_steps=1,
-        inner_lr=0.01,
-        meta_batch_size=25,
-        meta_optimizer="adam",
-        meta_lr=1e-3,
-        num_steps=70_000,
-        log_every=1000,
-        eval_tasks=1000,
-        eval_steps=(1, 10),
+        data=dict(name="sinusoid", shots=10),
+        model=dict(name="mlp", hidden=(40, 40)),
+        learner=dict(name="maml", inner_steps=1, inner_lr=0.01),
+        optimizer=dict(name="adam", lr=1e-3),
+        train=dict(meta_steps=70_000, meta_batch_size=25, log_every=1000),
+        eval=dict(tasks=1000, steps=(1, 10)),
     )

@@ -8,23 +8,17 @@ points, MLP 1-40-40-1 ReLU, one inner step, meta-batch 25, Adam 1e-3, 70,000 met
 learned step size per parameter, initialised uniformly in [0.005, 0.1]. Meta-test: 1000 new tasks,
 100 query points each, MSE after 1 and 10 steps beside the pretrained baseline.
 
-Command (one K):   jmeta train configs/sinusoid_metasgd.py k_shot=10
+Command (one K):   jmeta train configs/sinusoid_metasgd.py data.shots=10
 All three K:       make reproduce-metasgd-sinusoid
 """
-
 
 def get_config():
     return dict(
         name="sinusoid_metasgd",
-        algorithm="metasgd",
-        k_shot=10,
-        inner_steps=1,
-        metasgd_init_lr=(0.005, 0.1),
-        meta_batch_size=25,
-        meta_optimizer="adam",
-        meta_lr=1e-3,
-        num_steps=70_000,
-        log_every=1000,
-        eval_tasks=1000,
-        eval_steps=(1, 10),
+        data=dict(name="sinusoid", shots=10),
+        model=dict(name="mlp", hidden=(40, 40)),
+        learner=dict(name="metasgd", inner_steps=1, init_lr=(0.005, 0.1)),
+        optimizer=dict(name="adam", lr=1e-3),
+        train=dict(meta_steps=70_000, meta_batch_size=25, log_every=1000),
+        eval=dict(tasks=1000, steps=(1, 10)),
     )
