@@ -39,7 +39,7 @@ def main(process_id: int, num_processes: int, coordinator: str, out: pathlib.Pat
     start, stop = dist.process_slice(GLOBAL_BATCH, mesh)
     report["process_slice"] = [start, stop]
 
-    learner, tx = maml(mlp(1, 1, hidden=(8, 8)), inner_lr=0.01, num_steps=2), optax.adam(1e-2)
+    learner, tx = maml(mlp(1, 1, hidden=(8, 8)), inner_lr=0.01, inner_steps=2), optax.adam(1e-2)
     init = init_state(learner, tx, jax.random.key(0))
     ts = dist.task_sharding(mesh)
 
@@ -57,7 +57,8 @@ def main(process_id: int, num_processes: int, coordinator: str, out: pathlib.Pat
         dist.global_batch_from_local(local, mesh).support.x.addressable_shards
     )
 
-    sampled = make_meta_step(learner, tx, sampler=sinusoid_sampler(GLOBAL_BATCH, K_SHOT), batch_sharding=ts)
+    sampled = make_meta_step(learner, tx, sampler=sinusoid_sampler(GLOBAL_BATCH, K_SHOT),
+                             batch_sharding=ts)
     state = dist.shard_state(init, mesh)
     for _ in range(STEPS):
         state, _ = sampled(state)

@@ -25,9 +25,9 @@ META_BATCH, K_SHOT, STEPS = 16, 5, 3
 def learners():
     model = mlp(1, 1, hidden=(8, 8))
     return {
-        "maml": (maml(model, inner_lr=0.01, num_steps=2), optax.adam(1e-2)),
-        "fomaml": (fomaml(model, inner_lr=0.01, num_steps=2), optax.adam(1e-2)),
-        "reptile": (reptile(model, inner_lr=0.02, num_steps=3), optax.sgd(1.0)),
+        "maml": (maml(model, inner_lr=0.01, inner_steps=2), optax.adam(1e-2)),
+        "fomaml": (fomaml(model, inner_lr=0.01, inner_steps=2), optax.adam(1e-2)),
+        "reptile": (reptile(model, inner_lr=0.02, inner_steps=3), optax.sgd(1.0)),
     }
 
 
@@ -119,7 +119,8 @@ def main(out: pathlib.Path) -> None:
         lambda: dist.global_batch_from_local(sinusoid_tasks(jax.random.key(0), 10, K_SHOT), mesh)
     )
 
-    np.savez(out / "params.npz", **{f"{k}/{i}": a for k, v in arrays.items() for i, a in enumerate(v)})
+    np.savez(out / "params.npz",
+             **{f"{k}/{i}": a for k, v in arrays.items() for i, a in enumerate(v)})
     (out / "report.json").write_text(json.dumps(report, indent=1))
 
 

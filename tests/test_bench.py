@@ -17,27 +17,27 @@ def test_every_workload_maps_to_a_valid_config(name):
     spec = bench.load_workloads()[name]
     cfg = bench.workload_config(spec)
     assert isinstance(cfg, Config) and cfg.replace() == cfg
-    assert (cfg.algorithm, cfg.ways, cfg.meta_batch_size) == (
+    assert (cfg.learner.name, cfg.data.get("ways", 1), cfg.train.meta_batch_size) == (
         spec["algorithm"], spec["ways"], spec["meta_batch"])
-    assert cfg.task == ("sinusoid" if spec["model"] == "mlp" else
+    assert cfg.data.name == ("sinusoid" if spec["model"] == "mlp" else
                         "omniglot" if spec["channels"] == 1 else "miniimagenet")
     batch = jax.eval_shape(lambda k: bench.synthetic_batch(cfg, spec, k), jax.random.key(0))
     shots = spec["shots"]
-    if cfg.task != "sinusoid":
+    if cfg.data.name != "sinusoid":
         image = (spec["size"], spec["size"], spec["channels"])
         assert batch.support.x.shape == (spec["meta_batch"], spec["ways"] * shots) + image
         assert batch.query.y.shape == (spec["meta_batch"], spec["ways"] * bench.query_size(spec))
     if spec["algorithm"] == "reptile":
-        assert (cfg.inner_rule, cfg.inner_beta1, cfg.meta_optimizer, cfg.meta_lr) == (
+        assert (cfg.rule.name, cfg.rule.b1, cfg.optimizer.name, cfg.optimizer.lr) == (
             "adam", 0.0, "sgd", 1.0)
-        assert cfg.train_shots == shots and cfg.inner_batch == spec["inner_batch"]
+        assert cfg.data.train_shots == shots and cfg.learner.inner_batch == spec["inner_batch"]
 
 
 def test_variants_and_suites():
     assert bench.parse_name("maml_sinusoid@meta_batch=64,remat=true") == (
         "maml_sinusoid", {"meta_batch": 64, "remat": True})
     assert bench.variant_spec("maml_sinusoid@inner_steps=20")["inner_steps"] == 20
-    assert bench.workload_config(bench.variant_spec("maml_sinusoid@remat=true")).remat
+    assert bench.workload_config(bench.variant_spec("maml_sinusoid@remat=true")).learner.remat
     cpu, gpu = bench.scaling_workloads("cpu"), bench.scaling_workloads("gpu")
     assert set(cpu) < set(gpu) and "maml_omniglot_5w1s@meta_batch=128" in gpu
     assert "maml_omniglot_5w1s@inner_steps=10,remat=true" in cpu

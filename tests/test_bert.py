@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("safetensors", reason="the BERT tests need safetensors (pip install safetensors)")
+pytest.importorskip("safetensors",
+                    reason="the BERT tests need safetensors (pip install safetensors)")
 pytest.importorskip("tokenizers", reason="the BERT tests need tokenizers (pip install tokenizers)")
 
 from safetensors.numpy import load_file, save_file
@@ -191,7 +192,8 @@ def test_lora_filter_selects_adapters_and_head(classifier):
 
 
 def test_top_layers_and_bad_arguments(path):
-    params = bert_lora(path, targets=("intermediate",), top_layers=2, rank=2).init(jax.random.key(0))
+    model = bert_lora(path, targets=("intermediate",), top_layers=2, rank=2)
+    params = model.init(jax.random.key(0))
     assert sorted(params["lora"]) == ["layer_4", "layer_5"] and "head" not in params
     assert params["lora"]["layer_5"]["intermediate"]["b"].shape == (2, 1536)
     with pytest.raises(ValueError, match="rank"):
@@ -291,16 +293,18 @@ def test_tasks_of_a_meta_step_share_one_backbone(tmp_path, algorithm):
 
     from jmeta.core import Batch, Episode, init_state, make_meta_step
     from jmeta.train import Config
-    from jmeta.train._build import build_learner, build_optimizer, model_task
+    from jmeta.train._build import build, build_optimizer, model_task
 
     big = dataclasses.replace(TINY, vocab_size=20_000)
     folder = _tiny_checkpoint(tmp_path, config=big)
 
     def temp_bytes(tasks):
-        cfg = Config(task="banking77", model="bert_lora", bert_path=str(folder),
-                     algorithm=algorithm, ways=3, k_shot=2, k_query=2, max_length=6, lora_rank=2,
-                     inner_steps=2, meta_batch_size=tasks).replace()
-        learner, tx = build_learner(cfg, model_task(cfg)), build_optimizer(cfg)
+        cfg = Config(data=dict(name="banking77", ways=3, shots=2, queries=2, max_length=6),
+                     model=dict(name="bert", path=str(folder), rank=2),
+                     learner=dict(name=algorithm, inner_steps=2),
+                     train=dict(meta_batch_size=tasks)).replace()
+        setup = build(cfg, model_task(cfg))
+        learner, tx = setup.learner, build_optimizer(cfg, setup.model)
         state = init_state(learner, tx, jax.random.key(0))
         ids = jax.random.randint(jax.random.key(1), (tasks, 6, 6), 1, big.vocab_size)
         labels = jnp.tile(jnp.repeat(jnp.arange(3), 2), (tasks, 1))

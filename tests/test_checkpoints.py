@@ -17,15 +17,22 @@ import pytest
 
 from jmeta.train import Config, ConfigError, NonFiniteLossError, evaluate, paired_difference, train
 from jmeta.train._checkpoint import RunCheckpoints
-from jmeta.train._loop import load_meta_params
+from jmeta.train._rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = dict(num_steps=60, log_every=10, save_every=20, meta_batch_size=4, hidden=(16, 16),
-            baseline=False, val_tasks=20, eval_tasks=600)
+BASE = dict(model=dict(name="mlp", hidden=(16, 16)),
+            train=dict(meta_steps=60, log_every=10, save_every=20, meta_batch_size=4,
+                       baseline=False),
+            eval=dict(val_tasks=20, tasks=600))
+
+
+def _config(**changes):
+    """``BASE`` with each section of ``changes`` merged into its own."""
+    return Config(**BASE).replace(**changes)
 
 
 def _params(run):
-    _, params = load_meta_params(run)
+    params, _ = RunDir(run).params("final")
     return jax.tree.leaves(params)
 
 
@@ -37,7 +44,7 @@ def _assert_identical(a, b):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     run = tmp_path_factory.mktemp("ref") / "run"
-    train(Config(**BASE), run, progress=False)
+    train(_config(), run, progress=False)
     return run
 
 
@@ -57,9 +64,9 @@ def _crash_at(step_to_crash):
 def test_resume_after_a_crash_equals_the_uninterrupted_run(reference, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(Crash):
-        train(Config(**BASE), run, progress=False, step_hook=_crash_at(47))
+        train(_config(), run, progress=False, step_hook=_crash_at(47))
     assert RunCheckpoints(run / "checkpoints" / "steps").steps() == [20, 40]
-    results = train(Config(**BASE), run, progress=False)
+    results = train(_config(), run, progress=False)
     assert results["resumed_from"] == [40]
     _assert_identical(reference, run)
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -70,7 +77,7 @@ def test_sigterm_between_saves_saves_at_once_and_resumes_exactly(reference, tmp_
     """A SIGTERM at step 47 (saves every 20) checkpoints step 47 without validating it (validation
     can outlast a scheduler's grace period); the resumed run equals the uninterrupted one, and
     the best checkpoint is chosen among the validated steps."""
-    import jmeta.train._loop as loop
+    import jmeta.train._training as loop
 
     validated = []
     score = loop.validation_score
@@ -83,7 +90,7 @@ def test_sigterm_between_saves_saves_at_once_and_resumes_exactly(reference, tmp_
         return state
 
     run = tmp_path / "run"
-    results = train(Config(**BASE), run, progress=False, step_hook=sigterm_at_47)
+    results = train(_config(), run, progress=False, step_hook=sigterm_at_47)
     assert results["preempted"] and results["step"] == 47
     assert len(validated) == 2  # steps 20 and 40, not 47
     ckpts = RunCheckpoints(run / "checkpoints" / "steps")
@@ -92,7 +99,7 @@ def test_sigterm_between_saves_saves_at_once_and_resumes_exactly(reference, tmp_
     ckpts.close()
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 47 and "val_score" not in rows[-1]
-    train(Config(**BASE), run, progress=False)
+    train(_config(), run, progress=False)
     _assert_identical(reference, run)
     ckpts = RunCheckpoints(run / "checkpoints" / "steps")
     assert ckpts.best_step() in (20, 40, 60)
@@ -102,13 +109,13 @@ def test_sigterm_between_saves_saves_at_once_and_resumes_exactly(reference, tmp_
 def test_newest_checkpoint_corrupt_falls_back_with_a_warning(reference, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(Crash):
-        train(Config(**BASE), run, progress=False, step_hook=_crash_at(47))
+        train(_config(), run, progress=False, step_hook=_crash_at(47))
     newest = run / "checkpoints" / "steps" / "40"
     for f in newest.rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncate every file
     with pytest.warns(UserWarning, match="step 40 .* cannot be restored"):
-        results = train(Config(**BASE), run, progress=False)
+        results = train(_config(), run, progress=False)
     assert results["resumed_from"] == [20]
     assert (run / "checkpoints" / "steps" / "corrupt-40").is_dir()  # kept for inspection
     _assert_identical(reference, run)
@@ -116,11 +123,12 @@ def test_newest_checkpoint_corrupt_falls_back_with_a_warning(reference, tmp_path
 
 def test_keeps_the_last_k_and_the_best(tmp_path):
     run = tmp_path / "run"
-    train(Config(**dict(BASE, num_steps=100, save_every=10, keep_checkpoints=2)), run, progress=False)
+    train(_config(train=dict(meta_steps=100, save_every=10, keep_checkpoints=2)), run,
+          progress=False)
     ckpts = RunCheckpoints(run / "checkpoints" / "steps")
     steps, best = ckpts.steps(), ckpts.best_step()
     assert steps[-2:] == [90, 100] and best in steps and len(steps) <= 3
-    scores = {json.loads(x)["step"]: json.loads(x)["val_score"] for x in (run / "metrics.jsonl").read_text().splitlines()}
+    scores = {row["step"]: row["val_score"] for row in RunDir(run).metrics()}
     assert best == max(scores, key=scores.get)
 
 
@@ -134,36 +142,41 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
         return state
 
     with pytest.raises(NonFiniteLossError, match="at step 26"):
-        train(Config(**BASE), run, progress=False, step_hook=poison)
+        train(_config(), run, progress=False, step_hook=poison)
     ckpts = RunCheckpoints(run / "checkpoints" / "steps")
     assert ckpts.steps() == [20]
     state, _ = ckpts.restore_latest(_initial(run))
-    assert int(state.step) == 20 and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+    assert int(state.step) == 20
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
 def _initial(run):
+    from jmeta.core import init_state
     from jmeta.train._build import build_learner, build_optimizer, build_task
-    from jmeta.train._loop import _seed_key, init_state, load_run_config
+    from jmeta.train._evaluation import seed_key
 
-    cfg = load_run_config(run)
-    return init_state(build_learner(cfg, build_task(cfg)), build_optimizer(cfg), _seed_key(cfg))
+    cfg = RunDir(run).config
+    return init_state(build_learner(cfg, build_task(cfg)), build_optimizer(cfg), seed_key(cfg))
 
 
 def test_incompatible_config_is_a_clear_error_naming_the_fields(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(Crash):
-        train(Config(**BASE), run, progress=False, step_hook=_crash_at(25))
-    with pytest.raises(ConfigError, match=r"inner_lr: run has 0.01, requested 0.05.*meta_lr"):
-        train(Config(**dict(BASE, inner_lr=0.05, meta_lr=3e-3)), run, progress=False)
+        train(_config(), run, progress=False, step_hook=_crash_at(25))
+    with pytest.raises(ConfigError,
+                       match=r"learner\.inner_lr: run has 0.01, requested 0.05.*optimizer\.lr"):
+        train(_config(learner=dict(inner_lr=0.05), optimizer=dict(lr=3e-3)), run, progress=False)
     assert RunCheckpoints(run / "checkpoints" / "steps").steps() == [20]
     # Fields that do not change the trajectory may change: a longer schedule resumes.
-    assert train(Config(**dict(BASE, num_steps=80)), run, progress=False)["resumed_from"] == [20]
+    assert train(_config(train=dict(meta_steps=80)), run, progress=False)["resumed_from"] == [20]
 
 
 def _cli(run, *extra):
-    args = [f"{k}={v!r}" for k, v in dict(BASE, num_steps=3000, save_every=250, log_every=250).items()]
-    return [sys.executable, "-m", "jmeta.cli", "train", str(ROOT / "configs/sinusoid_demo.py"), *args,
-            "--run-dir", str(run), "--no-progress", "--no-eval", *extra]
+    sections = dict(BASE, train=dict(BASE["train"], meta_steps=3000, save_every=250,
+                                     log_every=250))
+    args = [f"{section}.{k}={v!r}" for section, d in sections.items() for k, v in d.items()]
+    return [sys.executable, "-m", "jmeta.cli", "train", str(ROOT / "configs/sinusoid_demo.py"),
+            *args, "--run-dir", str(run), "--no-progress", "--no-eval", *extra]
 
 
 # The command-line runs share one compile cache (every program, however quick to compile): a
@@ -228,12 +241,14 @@ def test_sigterm_saves_and_exits_cleanly(cli_reference, tmp_path):
     assert done.returncode == 0, done.stderr
     _assert_identical(cli_reference, run)
     # The resumed process read every program from the compile cache; it compiled none anew.
-    assert programs and _cached_programs() == programs, sorted(set(_cached_programs()) - set(programs))
+    new = sorted(set(_cached_programs()) - set(programs))
+    assert programs and _cached_programs() == programs, new
 
 
 def test_evaluation_tests_the_best_validation_checkpoint(tmp_path):
     run = tmp_path / "run"
-    train(Config(**dict(BASE, num_steps=60, save_every=10, keep_checkpoints=1)), run, progress=False)
+    train(_config(train=dict(meta_steps=60, save_every=10, keep_checkpoints=1)), run,
+          progress=False)
     ckpts = RunCheckpoints(run / "checkpoints" / "steps")
     best, score = ckpts.best_step(), ckpts.val_score(ckpts.best_step())
     ckpts.close()
@@ -278,7 +293,8 @@ def test_frozen_leaves_are_not_saved_and_come_back_from_the_initial_parameters(t
         RunCheckpoints(tmp_path / "lean", asynchronous=False, frozen=frozen)
     full.save(7, state)
     lean.save(7, state)
-    assert size(tmp_path / "full") - size(tmp_path / "lean") > 150_000  # the 200 kB array, incompressible
+    # the 200 kB array, incompressible
+    assert size(tmp_path / "full") - size(tmp_path / "lean") > 150_000
     fresh = MetaState(jnp.asarray(0), jax.tree.map(jnp.zeros_like, params), (), jax.random.key(2))
     fresh.params["model"]["backbone"]["w"] = big  # what init reads from the pretrained file
     for ckpts in (lean, RunCheckpoints(tmp_path / "full", asynchronous=False, frozen=frozen)):

@@ -28,8 +28,9 @@ def test_data_errors_say_how_to_place_files_by_hand(tmp_path, capsys):
 @pytest.mark.parametrize("sampler", ["device", "host"])
 def test_train_and_eval_on_omniglot(omniglot_root, data_cache, tmp_path, capsys, sampler):
     run = tmp_path / f"omniglot-{sampler}"
-    args = ["train", "configs/omniglot_maml_mlp.py", "num_steps=30", "log_every=10", "meta_batch_size=4",
-            "hidden=(32,)", "eval_tasks=100", f"sampler={sampler!r}", f"cache_dir={str(data_cache)!r}",
+    args = ["train", "configs/omniglot_maml_mlp.py", "train.meta_steps=30", "train.log_every=10",
+            "train.meta_batch_size=4", "model.hidden=(32,)", "eval.tasks=100",
+            f"data.sampler={sampler!r}", f"data.cache_dir={str(data_cache)!r}",
             "--data-dir", str(SHARED_DATA), "--run-dir", str(run), "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -40,13 +41,15 @@ def test_train_and_eval_on_omniglot(omniglot_root, data_cache, tmp_path, capsys,
     assert 10 < r["0"]["mean"] < 30  # before adapting: chance is 20%
     assert r["1"]["mean"] > r["0"]["mean"] + 10  # one inner step already helps
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["data_dir"] == str(SHARED_DATA.absolute())
+    assert cfg["data"]["data_dir"] == str(SHARED_DATA.absolute())
 
 
-def test_impossible_episode_is_a_clear_error_before_compiling(omniglot_root, data_cache, tmp_path, capsys):
+def test_impossible_episode_is_a_clear_error_before_compiling(omniglot_root, data_cache, tmp_path,
+                                                              capsys):
     run = tmp_path / "never"
-    args = ["train", "configs/omniglot_maml_mlp.py", "k_shot=15", "k_query=15",
-            f"cache_dir={str(data_cache)!r}", "--data-dir", str(SHARED_DATA), "--run-dir", str(run)]
+    args = ["train", "configs/omniglot_maml_mlp.py", "data.shots=15", "data.queries=15",
+            f"data.cache_dir={str(data_cache)!r}", "--data-dir", str(SHARED_DATA),
+            "--run-dir", str(run)]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "30 examples per class" in err and "has 20" in err
@@ -56,8 +59,9 @@ def test_impossible_episode_is_a_clear_error_before_compiling(omniglot_root, dat
 @pytest.mark.slow  # long; `make test-slow` runs it
 def test_protonets_conv4_on_omniglot(omniglot_root, data_cache, tmp_path, capsys):
     run = tmp_path / "pn"
-    args = ["train", "configs/omniglot_protonets.py", "num_steps=30", "log_every=10", "save_every=30",
-            "filters=8", "ways=5", "eval_tasks=100", "val_tasks=20", f"cache_dir={str(data_cache)!r}",
+    args = ["train", "configs/omniglot_protonets.py", "train.meta_steps=30", "train.log_every=10",
+            "train.save_every=30", "model.filters=8", "data.ways=5", "eval.tasks=100",
+            "eval.val_tasks=20", f"data.cache_dir={str(data_cache)!r}",
             "--data-dir", str(SHARED_DATA), "--run-dir", str(run), "--no-progress"]
     assert main(args) == 0
     ev = json.loads((run / "eval.json").read_text())
@@ -67,10 +71,11 @@ def test_protonets_conv4_on_omniglot(omniglot_root, data_cache, tmp_path, capsys
 @pytest.mark.slow
 def test_mamlpp_with_per_step_running_statistics(omniglot_root, data_cache, tmp_path, capsys):
     run = tmp_path / "mamlpp"
-    args = ["train", "configs/omniglot_mamlpp.py:5w1s", "num_steps=20", "save_every=10",
-            "log_every=10", "filters=8", "meta_batch_size=2", "inner_steps=2", "bn_mode='running'",
-            "bn_batches=3", "val_tasks=10", "eval_tasks=20", "eval_steps=(0,2,4)",
-            f"cache_dir={str(data_cache)!r}", "--data-dir", str(SHARED_DATA), "--run-dir",
+    args = ["train", "configs/omniglot_mamlpp.py:5w1s", "train.meta_steps=20",
+            "train.save_every=10", "train.log_every=10", "model.filters=8",
+            "train.meta_batch_size=2", "learner.inner_steps=2", "model.bn_mode='running'",
+            "eval.bn_batches=3", "eval.val_tasks=10", "eval.tasks=20", "eval.steps=(0,2,4)",
+            f"data.cache_dir={str(data_cache)!r}", "--data-dir", str(SHARED_DATA), "--run-dir",
             str(run), "--no-progress"]
     assert main(args) == 0
     ev = json.loads((run / "eval.json").read_text())

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from jmeta.train import Config, ConfigError, load_config, parse_overrides
+from jmeta.train import Config, ConfigError, check_config, load_config, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,7 +14,7 @@ def test_every_shipped_config_loads_and_carries_its_provenance(path):
     cfg = load_config(path)
     text = path.read_text()
     assert '"""' in text and "jmeta train" in text and "Paper" in text
-    assert cfg.eval_tasks >= 600
+    assert cfg.eval.tasks >= 600
 
 
 def _rows():
@@ -28,81 +28,90 @@ def test_every_published_row_loads_and_shrinks_for_a_cpu(config, row):
     path = ROOT / "configs" / f"{config}.py"
     cfg = load_config(f"{path}:{row}")
     ways, shots = (int(v) for v in row.rstrip("s").split("w"))
-    assert ((cfg.eval_ways or cfg.ways), cfg.k_shot) == (ways, shots)
+    assert ((cfg.eval.ways or cfg.data.ways), cfg.data.shots) == (ways, shots)
     # Image rows test on 1000 tasks as the papers did; text rows (BANKING77) on 600.
-    assert cfg.name == f"{config}-{row}" and cfg.eval_tasks >= (600 if cfg.task == "banking77" else 1000)
-    assert cfg.paper_source or not cfg.paper_result
+    text = cfg.data.name == "banking77"
+    assert cfg.name == f"{config}-{row}" and cfg.eval.tasks >= (600 if text else 1000)
+    assert cfg.paper.source or not cfg.paper.result
     local = load_config(f"{path}:{row},runlocal")
-    assert local.num_steps <= 100 and local.meta_batch_size <= 4 and local.name.endswith("-runlocal")
-    assert (local.algorithm, local.model, local.ways, local.k_shot) == (cfg.algorithm, cfg.model, cfg.ways, cfg.k_shot)
+    assert local.train.meta_steps <= 100 and local.train.meta_batch_size <= 4
+    assert local.name.endswith("-runlocal")
+    assert (local.learner.name, local.model.name, local.data.ways, local.data.shots) == (
+        cfg.learner.name, cfg.model.name, cfg.data.ways, cfg.data.shots)
 
 
 def test_rows_are_errors_when_unknown_or_unsupported(tmp_path):
-    with pytest.raises(ConfigError, match="unknown row '7w1s'; its rows are: 5w1s, 5w5s, 20w1s, 20w5s"):
+    with pytest.raises(ConfigError,
+                       match="unknown row '7w1s'; its rows are: 5w1s, 5w5s, 20w1s, 20w5s"):
         load_config(ROOT / "configs/omniglot_maml.py:7w1s")
     with pytest.raises(ConfigError, match="takes no argument"):
         load_config(ROOT / "configs/sinusoid_maml.py:5w1s")
 
 
 def test_overrides_are_typed_and_applied():
-    cfg = load_config(ROOT / "configs/sinusoid_maml.py", ["k_shot=5", "meta_lr=3e-4", "remat=true"])
-    assert (cfg.k_shot, cfg.meta_lr, cfg.remat) == (5, 3e-4, True)
-    assert parse_overrides(["hidden=[64, 64]"]) == {"hidden": [64, 64]}
-    assert load_config(ROOT / "configs/sinusoid_maml.py", ["hidden=[64, 64]"]).hidden == (64, 64)
+    cfg = load_config(ROOT / "configs/sinusoid_maml.py",
+                      ["data.shots=5", "optimizer.lr=3e-4", "learner.remat=true"])
+    assert (cfg.data.shots, cfg.optimizer.lr, cfg.learner.remat) == (5, 3e-4, True)
+    assert parse_overrides(["model.hidden=[64, 64]"]) == {"model.hidden": [64, 64]}
+    hidden = load_config(ROOT / "configs/sinusoid_maml.py", ["model.hidden=[64, 64]"]).model.hidden
+    assert hidden == (64, 64)
 
 
 def test_unknown_key_names_the_key_and_suggests_the_fix():
-    with pytest.raises(ConfigError, match=r"Unknown config key 'k_shots'.*Did you mean 'k_shot'"):
-        load_config(ROOT / "configs/sinusoid_maml.py", ["k_shots=5"])
+    with pytest.raises(ConfigError, match=r"Unknown option data.shotss .*Did you mean 'shots'"):
+        load_config(ROOT / "configs/sinusoid_maml.py", ["data.shotss=5"])
 
 
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("k_shot=0", "k_shot must be at least 1"),
-        ("algorithm=mamal", "algorithm='mamal' is not one of"),
-        ("inner_lr=-0.1", "inner_lr must be positive"),
-        ("meta_batch_size=2.5", "meta_batch_size must be an integer"),
-        ("task_map=pmap", "task_map='pmap' is not one of"),
-        ("eval_steps=(1,-1)", "eval_steps must list"),
-        ("metasgd_init_lr=(0.1,0.01)", "low <= high"),
-        ("hidden=(40,0)", "hidden must be a list of positive"),
-        ("meta_grad_clip=-1", "meta_grad_clip must be >= 0"),
-        ("k_shot", "not of the form key=value"),
+        ("data.shots=0", "data.shots must be at least 1"),
+        ("learner.name=mamal", "Unknown algorithm 'mamal'. Did you mean 'maml'"),
+        ("learner.inner_lr=-0.1", "'maml': learner.inner_lr: the learning rate must be a positive"),
+        ("train.meta_batch_size=2.5", "train.meta_batch_size must be an integer"),
+        ("train.task_map=pmap", "train.task_map='pmap' is not one of"),
+        ("eval.steps=(1,-1)", "eval.steps must list"),
+        ("learner.init_lr=(0.1,0.01)", "low <= high"),
+        ("model.hidden=(40,0)", "model 'mlp': mlp: every layer size must be a positive int"),
+        ("optimizer.grad_clip=-1", "optimizer.grad_clip must be >= 0"),
+        ("data.shots", "not of the form key=value"),
     ],
 )
 def test_impossible_values_are_clear_errors(override, message):
+    config = "sinusoid_metasgd" if override.startswith("learner.init_lr") else "sinusoid_maml"
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        load_config(ROOT / "configs/sinusoid_maml.py", [override])
+        check_config(load_config(ROOT / f"configs/{config}.py", [override]))
 
 
 def test_incompatible_combinations():
-    with pytest.raises(ConfigError, match="multiple of chunk_size"):
-        Config(task_map="map", chunk_size=4, meta_batch_size=25).replace()
-    with pytest.raises(ConfigError, match="metasgd learns its own"):
-        Config(algorithm="metasgd", inner_rule="lslr").replace()
-    with pytest.raises(ConfigError, match="inner_batch .* is a reptile option"):
-        Config(algorithm="maml", inner_batch=5).replace()
+    omniglot = dict(name="omniglot", ways=5, shots=1, train_shots=10)
+    with pytest.raises(ConfigError, match="multiple of train.chunk_size"):
+        Config(train=dict(task_map="map", chunk_size=4, meta_batch_size=25)).replace()
+    with pytest.raises(ConfigError, match="'metasgd' takes no inner rule"):
+        check_config(Config(learner=dict(name="metasgd"), rule=dict(name="lslr")))
+    with pytest.raises(ConfigError, match="Unknown option learner.inner_batch of algorithm 'maml'"):
+        Config(learner=dict(name="maml", inner_batch=5)).replace()
     with pytest.raises(ConfigError,
-                       match=r"exceeds the training support set \(ways x train_shots = 50\)"):
-        Config(task="omniglot", algorithm="reptile", ways=5, k_shot=1, train_shots=10,
-               inner_batch=60).replace()
-    Config(task="omniglot", algorithm="reptile", ways=5, k_shot=1, train_shots=10,
-           inner_batch=10).replace()
-    with pytest.raises(ConfigError, match=r"inner_beta1 must be in \[0, 1\)"):
-        Config(inner_beta1=1.0).replace()
-    with pytest.raises(ConfigError, match="protomaml builds a classifier .* sinusoid is regression"):
-        Config(algorithm="protomaml").replace()
+                       match=r"exceeds the training support set \(50 examples: ways x train_shots"):
+        check_config(Config(data=omniglot, learner=dict(name="reptile", inner_batch=60)))
+    check_config(Config(data=omniglot, learner=dict(name="reptile", inner_batch=10)))
+    with pytest.raises(ConfigError, match=r"rule 'adam': adam: b1 must be a number in \[0.0, 1"):
+        check_config(Config(rule=dict(name="adam", b1=1.0)))
+    with pytest.raises(ConfigError, match="'protomaml' classifies episodes .* is regression"):
+        check_config(Config(learner=dict(name="protomaml")))
     with pytest.raises(ConfigError, match="protomaml builds each task's head from training-mode"):
-        Config(task="omniglot", model="conv4", algorithm="protomaml", bn_mode="running").replace()
-    with pytest.raises(ConfigError, match="proto_scale must be positive"):
-        Config(task="omniglot", algorithm="protomaml", proto_scale=0.0).replace()
-    with pytest.raises(ConfigError, match="body_inner_lr must be >= 0"):
-        Config(body_inner_lr=-0.1).replace()
-    for bad in ({"algorithm": "anil"}, {"algorithm": "metasgd"},
-                {"algorithm": "maml", "inner_rule": "lslr"}):
-        with pytest.raises(ConfigError, match="body_inner_lr sets a fixed SGD step size"):
-            Config(body_inner_lr=0.1, **bad).replace()
+        check_config(Config(data=dict(name="omniglot"), model=dict(name="conv4", bn_mode="running"),
+                            learner=dict(name="protomaml")))
+    with pytest.raises(ConfigError, match="'protomaml': protomaml: scale must be a number > 0"):
+        check_config(Config(data=dict(name="omniglot"), learner=dict(name="protomaml", scale=0.0)))
+    with pytest.raises(ConfigError, match="rule 'sgd': sgd: body_lr must be a number > 0"):
+        check_config(Config(rule=dict(name="sgd", body_lr=-0.1)))
+    for learner, rule, message in (
+            ("anil", "sgd", "body_lr sets the step size of the adapted parameters outside"),
+            ("metasgd", "sgd", "'metasgd' takes no inner rule"),
+            ("maml", "lslr", "Unknown option rule.body_lr of inner rule 'lslr'")):
+        with pytest.raises(ConfigError, match=message):
+            check_config(Config(learner=dict(name=learner), rule=dict(name=rule, body_lr=0.1)))
 
 
 def test_missing_file_and_missing_get_config(tmp_path):

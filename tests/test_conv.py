@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jmeta.algorithms import context_conv4
 from jmeta.core import default_task_map
-from jmeta.models import conv4, default_conv_impl, im2col_conv, resnet12, resolve_conv_impl
+from jmeta.models import (
+    context_conv4,
+    conv4,
+    default_conv_impl,
+    im2col_conv,
+    resnet12,
+    resolve_conv_impl,
+)
 from jmeta.train import Config, ConfigError
-from jmeta.train._build import config_task_map, model_conv_impl
+from jmeta.train._build import build, check_config, model_task
 
 DN = ("NHWC", "HWIO", "NHWC")
 CASES = [
@@ -64,7 +70,8 @@ def test_values_and_gradients_equal_lax_conv(shape_x, shape_w, strides, padding,
 def test_unsupported_configurations_fall_back_to_lax():
     x, w = _pair((1, 8, 8, 4), (3, 3, 2, 6))
     grouped = im2col_conv(x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2)
-    ref = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN, feature_group_count=2)
+    ref = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN,
+                                   feature_group_count=2)
     np.testing.assert_allclose(grouped, ref, rtol=1e-5, atol=1e-5)
     x, w = _pair((1, 8, 8, 2), (3, 3, 2, 3))
     dilated = im2col_conv(x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DN)
@@ -108,7 +115,8 @@ def test_networks_are_the_same_function_with_either_implementation(build, channe
 
 def test_context_conv4_takes_the_implementation():
     a = context_conv4(1, 3, num_context=2, filters=4, strided=True, image_size=8, conv_impl="xla")
-    b = context_conv4(1, 3, num_context=2, filters=4, strided=True, image_size=8, conv_impl="im2col")
+    b = context_conv4(1, 3, num_context=2, filters=4, strided=True, image_size=8,
+                      conv_impl="im2col")
     params = a.init(jax.random.key(0))
     x, ctx = jax.random.normal(jax.random.key(1), (4, 8, 8, 1)), jnp.full(2, 0.3)
     both = jax.jit(lambda p: (a.apply(p, x, ctx), b.apply(p, x, ctx)))(params)
@@ -121,19 +129,28 @@ def test_defaults_and_errors():
     assert resolve_conv_impl("auto") == default_conv_impl()
     with pytest.raises(ValueError, match="Unknown conv_impl 'cudnn'"):
         conv4(1, 5, conv_impl="cudnn")
-    with pytest.raises(ConfigError, match="conv_impl='cudnn' is not one of"):
-        Config(conv_impl="cudnn").replace()
+    with pytest.raises(ConfigError, match="conv_impl 'cudnn'"):
+        check_config(_conv_config("maml", conv_impl="cudnn"))
     # auto: native convolutions for one-network-per-step algorithms, the backend default for
     # algorithms that adapt per-task weights.
-    assert model_conv_impl(Config(algorithm="protonets")) == "xla"
-    assert model_conv_impl(Config(algorithm="maml")) == default_conv_impl()
-    assert model_conv_impl(Config(algorithm="protonets", conv_impl="im2col")) == "im2col"
+    assert _setup("protonets").conv_impl == "xla"
+    assert _setup("maml").conv_impl == default_conv_impl()
+    assert _setup("protonets", conv_impl="im2col").conv_impl == "im2col"
     # ... and their tasks are vmapped (shared weights fold into the batch), not looped over.
-    assert config_task_map(Config(algorithm="protonets", model="conv4"), "conv") == "vmap"
-    assert config_task_map(Config(algorithm="baseline++", model="conv4"), "conv") == "vmap"
-    assert config_task_map(Config(algorithm="protonets", model="conv4", conv_impl="im2col"),
-                           "conv") == default_task_map("conv")
-    assert config_task_map(Config(algorithm="maml", model="conv4"), "conv") == default_task_map("conv")
+    assert _setup("protonets").task_map == "vmap"
+    assert _setup("baseline++").task_map == "vmap"
+    assert _setup("protonets", conv_impl="im2col").task_map == default_task_map("conv")
+    assert _setup("maml").task_map == default_task_map("conv")
+
+
+def _conv_config(algorithm, **model):
+    data = dict(name="omniglot", base_classes=5)  # base_classes: no dataset is read
+    return Config(data=data, model=dict(name="conv4", **model), learner=dict(name=algorithm))
+
+
+def _setup(algorithm, **model):
+    cfg = _conv_config(algorithm, **model)
+    return build(cfg, model_task(cfg))
 
 
 @pytest.mark.parametrize("impl", ["im2col"])

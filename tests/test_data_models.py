@@ -26,14 +26,16 @@ def test_support_and_query_come_from_one_sinusoid_with_paper_ranges():
     amps, phases = [], []
     for i in range(500):
         # y = A sin(x - p) = (A cos p) sin x - (A sin p) cos x: linear in (sin x, cos x).
-        xs, ys = np.asarray(t.support.x[i, :, 0], np.float64), np.asarray(t.support.y[i, :, 0], np.float64)
+        xs = np.asarray(t.support.x[i, :, 0], np.float64)
+        ys = np.asarray(t.support.y[i, :, 0], np.float64)
         coef, *_ = np.linalg.lstsq(np.stack([np.sin(xs), np.cos(xs)], 1), ys, rcond=None)
         xq = np.asarray(t.query.x[i, :, 0], np.float64)
         pred = coef[0] * np.sin(xq) + coef[1] * np.cos(xq)
         np.testing.assert_allclose(pred, t.query.y[i, :, 0], atol=1e-4)
         amps.append(np.hypot(*coef))
         phases.append(np.arctan2(-coef[1], coef[0]))
-    assert 0.1 - 1e-4 <= min(amps) and max(amps) <= 5 + 1e-4 and np.mean(amps) == pytest.approx(2.55, abs=0.2)
+    assert 0.1 - 1e-4 <= min(amps) and max(amps) <= 5 + 1e-4
+    assert np.mean(amps) == pytest.approx(2.55, abs=0.2)
     assert -1e-4 <= min(phases) and max(phases) <= np.pi + 1e-4
 
 
@@ -83,5 +85,6 @@ def test_bfloat16_compute_keeps_float32_masters_and_close_values():
     state = init_state(learner, tx, jax.random.key(0))
     state, m = make_meta_step(learner, tx, sampler=sinusoid_sampler(4, 5))(state)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.opt_state) if hasattr(p, "dtype") and p.ndim)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.opt_state)
+               if hasattr(p, "dtype") and p.ndim)
     assert np.isfinite(float(m["loss"]))

@@ -84,7 +84,8 @@ def sharded_run(tmp_path_factory):
         [sys.executable, str(TESTS / "_sharded_worker.py"), str(out)],
         env=_child_env(8), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
     )
-    assert proc.returncode == 0, f"8-device child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (f"8-device child failed:\n{proc.stdout[-3000:]}\n"
+                                  f"{proc.stderr[-5000:]}")
     return _load(out)
 
 
@@ -129,7 +130,8 @@ def test_errors_on_8_devices(sharded_run):
     report, _ = sharded_run
     msg = report["check_batch_10"]
     assert msg and "10" in msg and "8" in msg and "multiple of 8" in msg
-    assert report["make_mesh_3"] and "data=3" in report["make_mesh_3"] and "8 devices" in report["make_mesh_3"]
+    mesh_3 = report["make_mesh_3"]
+    assert mesh_3 and "data=3" in mesh_3 and "8 devices" in mesh_3
     assert report["make_mesh_model_3"] and "model=3" in report["make_mesh_model_3"]
     assert report["make_mesh_4x2"] == {"data": 4, "model": 2}
     assert report["global_batch_10"] and "multiple of 8" in report["global_batch_10"]
@@ -141,7 +143,8 @@ def test_errors_on_8_devices(sharded_run):
 
 
 def test_check_batch_and_make_mesh_errors():
-    with pytest.raises(ValueError, match=r"meta_batch_size=10 is not divisible by the data-axis size 8"):
+    with pytest.raises(ValueError,
+                       match=r"meta_batch_size=10 is not divisible by the data-axis size 8"):
         dist.check_batch(10, 8)
     dist.check_batch(16, 8)
     with pytest.raises(ValueError, match=r"data=2 x model=1 = 2 devices, but there are 1 devices"):
@@ -188,7 +191,7 @@ def test_process_slice_single_process():
 
 def _reference_params(global_batch: int = 8, k_shot: int = 5, steps: int = 3):
     """The single-process run the workers must reproduce (same learner, tasks and steps)."""
-    learner, tx = maml(mlp(1, 1, hidden=(8, 8)), inner_lr=0.01, num_steps=2), optax.adam(1e-2)
+    learner, tx = maml(mlp(1, 1, hidden=(8, 8)), inner_lr=0.01, inner_steps=2), optax.adam(1e-2)
     init = init_state(learner, tx, jax.random.key(0))
     step = make_meta_step(learner, tx, donate=False)
     state = init
@@ -208,14 +211,16 @@ def test_two_processes_match_one(tmp_path):
     """2 processes x 2 CPU devices (Gloo collectives over 127.0.0.1), 3 MAML steps on a global
     batch of 8 tasks (each process supplies 4), == one process with the same global batches."""
     if "jax_cpu_collectives_implementation" not in jax.config.values:
-        pytest.skip("this jaxlib has no jax_cpu_collectives_implementation: no CPU cross-process collectives")
+        pytest.skip("this jaxlib has no jax_cpu_collectives_implementation: no CPU "
+                    "cross-process collectives")
     coordinator = f"127.0.0.1:{_free_port()}"
     procs, logs = [], []
     for i in range(2):
         log = open(tmp_path / f"log{i}.txt", "w+")
         logs.append(log)
         procs.append(subprocess.Popen(
-            [sys.executable, str(TESTS / "_multiprocess_worker.py"), str(i), "2", coordinator, str(tmp_path)],
+            [sys.executable, str(TESTS / "_multiprocess_worker.py"), str(i), "2", coordinator,
+             str(tmp_path)],
             env=_child_env(2), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         ))
     try:
@@ -232,15 +237,19 @@ def test_two_processes_match_one(tmp_path):
         log.seek(0)
         text.append(f"--- process {i} ---\n{log.read()[-4000:]}")
         log.close()
-    assert codes == [0, 0], f"workers exited with {codes} (None: timed out after {TIMEOUT}s)\n" + "\n".join(text)
+    assert codes == [0, 0], (f"workers exited with {codes} (None: timed out after {TIMEOUT}s)\n"
+                             + "\n".join(text))
 
     report, arrays = _load(tmp_path)
     assert report["started"] and report["process_index"] == 0
-    assert report["process_count"] == 2 and report["device_count"] == 4 and report["local_device_count"] == 2
+    assert report["process_count"] == 2 and report["device_count"] == 4
+    assert report["local_device_count"] == 2
     assert report["process_slice"] == [0, 4]
     assert report["batch_shards_local"] == 2
-    assert "meta_batch_size=6 is not divisible by the data-axis size 4" in report["process_slice_error"]
-    assert "9 is not divisible by 2 process(es) x 2 local device(s) = 4" in report["process_slice_error_nomesh"]
+    assert ("meta_batch_size=6 is not divisible by the data-axis size 4"
+            in report["process_slice_error"])
+    assert ("9 is not divisible by 2 process(es) x 2 local device(s) = 4"
+            in report["process_slice_error_nomesh"])
 
     want_batch, want_sampler = _reference_params()
     _assert_same(_leaves(arrays, "batch"), want_batch, "2 processes vs 1 (given batch)")
@@ -255,11 +264,13 @@ def test_param_sharding_splits_weights_over_the_model_axis():
         "import jax, jax.numpy as jnp\n"
         "from jmeta.distributed import make_mesh, param_sharding\n"
         "mesh = make_mesh(data=2, model=2)\n"
-        "print(param_sharding(jnp.zeros((16, 8)), mesh).spec, param_sharding(jnp.zeros((8,)), mesh).spec,"
+        "print(param_sharding(jnp.zeros((16, 8)), mesh).spec,"
+        " param_sharding(jnp.zeros((8,)), mesh).spec,"
         " param_sharding(jnp.zeros((16, 3)), mesh).spec)\n"
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
-    out = sp.run([_sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+    out = sp.run([_sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                 timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["P(None,", "'model')", "P()", "P()"]

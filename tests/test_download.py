@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from jmeta.data import ARCHIVES
 from jmeta.data import _download as dl
 from jmeta.data._download import ArchiveSpec, DatasetSpec, DownloadError, download, verify
 
@@ -240,7 +241,7 @@ def test_verify_real_omniglot():
     if not SHARED_OMNIGLOT.is_dir():
         pytest.skip(f"../shared/data/omniglot not found: {SHARED_OMNIGLOT}")
     result = verify("omniglot", SHARED_OMNIGLOT.parent)
-    spec = dl.DATASETS["omniglot"]
+    spec = ARCHIVES["omniglot"]
     assert set(result) == {"images_background.zip", "images_evaluation.zip"}
     for arch in spec.archives:
         sha = result[arch.filename].removeprefix("ok (sha256 ").removesuffix(")")
@@ -266,10 +267,10 @@ def test_verify_missing_and_mismatch(tmp_path):
 
 
 def test_registry_and_manual_only(tmp_path):
-    assert dl.resolve("cifar_fs") is dl.resolve("fc100") is dl.DATASETS["cifar100"]
-    cifar = dl.DATASETS["cifar100"].archives[0]
+    assert dl.resolve("cifar_fs") is dl.resolve("fc100") is ARCHIVES["cifar100"]
+    cifar = ARCHIVES["cifar100"].archives[0]
     assert cifar.extract and cifar.md5 == "eb9058c3a382ffc7106e4002c42a8d85"
-    assert not any(a.extract for a in dl.DATASETS["omniglot"].archives)
+    assert not any(a.extract for a in ARCHIVES["omniglot"].archives)
     with pytest.raises(ValueError, match="unknown dataset"):
         dl.resolve("imagenet21k")
     with pytest.raises(DownloadError) as err:

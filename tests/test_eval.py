@@ -21,7 +21,7 @@ def test_mean_ci95_matches_the_textbook_formula():
 
 @pytest.mark.parametrize("task_map", ["vmap", "map"])
 def test_adaptation_curves_equal_a_per_task_loop(small_model, task_map):
-    learner = metasgd(small_model, init_lr=0.02, num_steps=1)
+    learner = metasgd(small_model, init_lr=0.02, inner_steps=1)
     meta = learner.init(jax.random.key(0))
     tasks = sinusoid_tasks(jax.random.key(5), 6, 5, 9)
     curves = adaptation_curves(learner, meta, tasks, 4, task_map=task_map)
@@ -29,14 +29,15 @@ def test_adaptation_curves_equal_a_per_task_loop(small_model, task_map):
     for i in range(6):
         ep = jax.tree.map(lambda x: x[i], tasks)
         for s in (0, 2, 4):
-            params, _ = learner.adapt(meta, ep.support, num_steps=s)
+            params, _ = learner.adapt(meta, ep.support, inner_steps=s)
             want = np.mean((small_model.apply(params, ep.query.x) - ep.query.y) ** 2)
             np.testing.assert_allclose(curves[i, s], want, rtol=1e-5)
 
 
 def test_pretrained_baseline_fits_the_task_distribution(small_model):
     sampler = sinusoid_sampler(10, 10)
-    params = train_pretrained(small_model, optax.adam(1e-2), sampler, 600, jax.random.key(0), steps_per_call=250)
+    params = train_pretrained(small_model, optax.adam(1e-2), sampler, 600, jax.random.key(0),
+                              steps_per_call=250)
     learner = maml(small_model, 0.01, 1)
     tasks = sinusoid_tasks(jax.random.key(9), 200, 10, 50)
     init = adaptation_curves(learner, learner.init(jax.random.key(0)), tasks, 0)[:, 0]

@@ -12,7 +12,7 @@ from jmeta.algorithms import anil, gradient_learner
 from jmeta.core import Batch, Episode
 from jmeta.core._losses import cross_entropy_loss
 from jmeta.inner import sgd
-from jmeta.models import conv4, linear_head, mlp, resnet12, with_compute_dtype
+from jmeta.models import conv4, flatten_inputs, linear_head, mlp, resnet12, with_compute_dtype
 from jmeta.train import _build
 
 WAYS = 3
@@ -29,7 +29,7 @@ MODELS = {
     "conv4_running_bn": lambda: conv4(1, WAYS, filters=4, strided=True, conv_impl="xla",
                                       bn_mode="running"),
     "resnet12": lambda: resnet12(1, WAYS, widths=(2, 2, 2, 2), image_size=16, conv_impl="xla"),
-    "flattened_mlp": lambda: _build.flatten_inputs(mlp(16 * 16, WAYS, hidden=(8,))),
+    "flattened_mlp": lambda: flatten_inputs(mlp(16 * 16, WAYS, hidden=(8,))),
 }
 SHAPES = {"conv4": (28, 28, 1), "conv4_running_bn": (28, 28, 1), "resnet12": (16, 16, 1),
           "flattened_mlp": (16, 16, 1)}

@@ -9,32 +9,19 @@ import numpy as np
 import optax
 import pytest
 
-from jmeta.algorithms._cavia import (
-    ContextModel,
-    cavia,
-    context_conv4,
-    context_mlp,
-)
+from jmeta.algorithms._cavia import cavia
 from jmeta.algorithms._imaml import imaml
 from jmeta.core import Batch, Episode, init_state, make_meta_step, map_tasks, mse_loss
 from jmeta.core._losses import accuracy, cross_entropy_loss
 from jmeta.data import sinusoid_sampler, sinusoid_tasks
 from jmeta.inner import meta_sgd
-from jmeta.models import Model, mlp
+from jmeta.models import ContextModel, Model, context_conv4, context_mlp, mlp
 from jmeta.train._eval import adaptation_curves
+from tests._helpers import sinusoid_episode64, to64
 
 
 def _flat(tree):
     return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
-
-
-def _to64(tree):
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
-
-
-def _episode64(seed=3, k_shot=5):
-    ep = jax.tree.map(lambda x: x[0], sinusoid_tasks(jax.random.key(seed), 1, k_shot))
-    return _to64(ep)
 
 
 # ----------------------------------------------------------------------------------------- iMAML
@@ -67,7 +54,7 @@ def quadratic():
 def test_imaml_matches_closed_form_implicit_gradient_on_quadratic(quadratic, x64):
     q = quadratic
     A, B, a, b, theta = q["A"], q["B"], q["a"], q["b"], q["theta"]
-    episode = _to64(q["episode"])
+    episode = to64(q["episode"])
 
     def exact_query_loss(t):
         phi = jnp.linalg.solve(A + LAM * jnp.eye(DIM), A @ a + LAM * t)
@@ -83,14 +70,15 @@ def test_imaml_matches_closed_form_implicit_gradient_on_quadratic(quadratic, x64
     M = np.eye(DIM) + A / LAM  # CG minimises the error in the M-norm, monotonically
     errors = []
     for cg_steps in (1, 2, 3, DIM):
-        learner = imaml(q["model"], inner_lr=q["lr"], num_steps=200, lam=LAM, cg_steps=cg_steps,
+        learner = imaml(q["model"], inner_lr=q["lr"], inner_steps=200, lam=LAM, cg_steps=cg_steps,
                         loss_fn=_half_sq)
         meta = {"model": {"w": jnp.asarray(theta)}, "rule": ()}
         grads, metrics = jax.jit(learner.task_grad)(meta, episode, jax.random.key(0))
         err = np.asarray(grads["model"]["w"]) - expected
         errors.append(float(np.sqrt(err @ M @ err)))
         assert grads["rule"] == ()
-        np.testing.assert_allclose(float(metrics["loss"]), float(exact_query_loss(theta)), rtol=1e-10)
+        np.testing.assert_allclose(float(metrics["loss"]), float(exact_query_loss(theta)),
+                                   rtol=1e-10)
         np.testing.assert_allclose(
             float(metrics["support_loss_before"]), 0.5 * (theta - a) @ A @ (theta - a), rtol=1e-12
         )
@@ -106,13 +94,13 @@ def test_imaml_matches_closed_form_implicit_gradient_on_quadratic(quadratic, x64
 def test_imaml_implicit_gradient_approaches_unrolled_converged_loop(x64):
     model = mlp(1, 1, hidden=(8,))
     lam, lr, steps = 2.0, 0.05, 400
-    learner = imaml(model, inner_lr=lr, num_steps=steps, lam=lam, cg_steps=40)
+    learner = imaml(model, inner_lr=lr, inner_steps=steps, lam=lam, cg_steps=40)
     # The comparison needs a well-posed problem (the regularised inner loop converges and
     # I + H/lam is positive definite); it is at this initialisation, drawn with JAX's default
     # Threefry whatever the suite's setting (conftest.py).
     with jax.threefry_partitionable(True):
-        meta = _to64(learner.init(jax.random.key(0)))
-    ep = _episode64()
+        meta = to64(learner.init(jax.random.key(0)))
+    ep = sinusoid_episode64(3, 5)
 
     def support_loss(p):
         return mse_loss(model.apply(p, ep.support.x), ep.support.y)
@@ -148,17 +136,17 @@ def test_imaml_implicit_gradient_approaches_unrolled_converged_loop(x64):
 
 
 def test_imaml_adapt_zero_steps_eval_and_input_checks(small_model, tasks):
-    learner = imaml(small_model, inner_lr=0.01, num_steps=2, lam=1.0)
+    learner = imaml(small_model, inner_lr=0.01, inner_steps=2, lam=1.0)
     meta = learner.init(jax.random.key(0))
     ep = jax.tree.map(lambda x: x[0], tasks)
 
     def q(p):
         return mse_loss(learner.predict(p, ep.query.x), ep.query.y)
 
-    params, trace = learner.adapt(meta, ep.support, num_steps=0, eval_fn=q)
+    params, trace = learner.adapt(meta, ep.support, inner_steps=0, eval_fn=q)
     jax.tree.map(np.testing.assert_array_equal, params, meta["model"])
     assert trace["support_loss"].shape == (0,) and trace["eval"].shape == (0,)
-    params, trace = learner.adapt(meta, ep.support, num_steps=3, eval_fn=q)
+    params, trace = learner.adapt(meta, ep.support, inner_steps=3, eval_fn=q)
     assert trace["eval"].shape == (3,)
     np.testing.assert_allclose(float(trace["eval"][-1]), float(q(params)), rtol=1e-6)
 
@@ -167,23 +155,24 @@ def test_imaml_adapt_zero_steps_eval_and_input_checks(small_model, tasks):
         ({"cg_steps": 0}, "cg_steps"),
         ({"cg_damping": -1.0}, "cg_damping"),
         ({"inner_lr": -0.1}, "inner_lr"),
-        ({"num_steps": 0}, "num_steps"),
+        ({"inner_steps": 0}, "inner_steps"),
     ]:
-        args = {"inner_lr": 0.01, "num_steps": 2, **kwargs}
+        args = {"inner_lr": 0.01, "inner_steps": 2, **kwargs}
         with pytest.raises(ValueError, match=word):
             imaml(small_model, **args)
     with pytest.raises(ValueError, match="learnable"):
-        imaml(small_model, inner_lr=0.01, num_steps=1, rule=meta_sgd(0.01)).init(jax.random.key(0))
+        imaml(small_model, inner_lr=0.01, inner_steps=1,
+              rule=meta_sgd(0.01)).init(jax.random.key(0))
 
 
 @pytest.mark.parametrize("algo", ["imaml", "cavia"])
 def test_vmap_meta_step_matches_per_task_mean_and_curves(algo, tasks):
     if algo == "imaml":
-        learner = imaml(mlp(1, 1, hidden=(8,)), inner_lr=0.02, num_steps=3, lam=1.0, cg_steps=4,
+        learner = imaml(mlp(1, 1, hidden=(8,)), inner_lr=0.02, inner_steps=3, lam=1.0, cg_steps=4,
                         cg_damping=0.1)
     else:
         learner = cavia(context_mlp(1, 1, hidden=(8,), num_context=2), num_context=2,
-                        inner_lr=0.5, num_steps=2)
+                        inner_lr=0.5, inner_steps=2)
     tx = optax.sgd(1.0)  # the step is minus the mean meta-gradient, so it can be read back
     state = init_state(learner, tx, jax.random.key(0))
     meta = state.params
@@ -219,13 +208,13 @@ CAVIA_LR = 0.5
 @pytest.fixture(scope="module")
 def cavia_setup():
     model = context_mlp(1, 1, hidden=(8, 8), num_context=CTX)
-    return model, cavia(model, num_context=CTX, inner_lr=CAVIA_LR, num_steps=2)
+    return model, cavia(model, num_context=CTX, inner_lr=CAVIA_LR, inner_steps=2)
 
 
 def test_cavia_context_starts_at_zero_and_theta_is_unchanged(cavia_setup, tasks):
     model, learner = cavia_setup
     meta = learner.init(jax.random.key(0))
-    adapt1 = jax.jit(jax.vmap(lambda s: learner.adapt(meta, s, num_steps=1)))
+    adapt1 = jax.jit(jax.vmap(lambda s: learner.adapt(meta, s, inner_steps=1)))
     task_params, trace = adapt1(tasks.support)
 
     for i in range(4):
@@ -237,13 +226,15 @@ def test_cavia_context_starts_at_zero_and_theta_is_unchanged(cavia_setup, tasks)
         zero = jnp.zeros(CTX)
         # One SGD step from the zero context, for every task independently.
         np.testing.assert_allclose(np.asarray(task_params["context"][i]),
-                                   -CAVIA_LR * np.asarray(jax.grad(loss)(zero)), rtol=1e-5, atol=1e-7)
+                                   -CAVIA_LR * np.asarray(jax.grad(loss)(zero)),
+                                   rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(float(trace["support_loss"][i, 0]), float(loss(zero)), rtol=1e-6)
         for t, m in zip(jax.tree.leaves(task_params["model"]), jax.tree.leaves(meta["model"])):
             np.testing.assert_array_equal(t[i], m)
     assert float(jnp.linalg.norm(task_params["context"])) > 0
 
-    params0, trace0 = learner.adapt(meta, jax.tree.map(lambda x: x[0], tasks.support), num_steps=0)
+    support0 = jax.tree.map(lambda x: x[0], tasks.support)
+    params0, trace0 = learner.adapt(meta, support0, inner_steps=0)
     np.testing.assert_array_equal(np.asarray(params0["context"]), np.zeros(CTX))
     assert trace0["support_loss"].shape == (0,)
     # Bare network parameters predict with the zero context.
@@ -255,10 +246,10 @@ def test_cavia_context_starts_at_zero_and_theta_is_unchanged(cavia_setup, tasks)
 @pytest.mark.parametrize("first_order", [False, True])
 def test_cavia_meta_gradient_matches_explicit_unrolled_two_steps(first_order, x64):
     model = context_mlp(1, 1, hidden=(8, 8), num_context=CTX)
-    learner = cavia(model, num_context=CTX, inner_lr=CAVIA_LR, num_steps=2,
+    learner = cavia(model, num_context=CTX, inner_lr=CAVIA_LR, inner_steps=2,
                     first_order=first_order)
-    meta = _to64(learner.init(jax.random.key(0)))
-    ep = _episode64()
+    meta = to64(learner.init(jax.random.key(0)))
+    ep = sinusoid_episode64(3, 5)
 
     def loss(theta, c, batch):
         return mse_loss(model.apply(theta, batch.x, c), batch.y)
@@ -280,7 +271,7 @@ def test_cavia_meta_gradient_matches_explicit_unrolled_two_steps(first_order, x6
     np.testing.assert_allclose(float(metrics["support_loss_before"]),
                                float(loss(meta["model"], jnp.zeros(CTX), ep.support)), rtol=1e-12)
     if not first_order:
-        fo, _ = cavia(model, num_context=CTX, inner_lr=CAVIA_LR, num_steps=2,
+        fo, _ = cavia(model, num_context=CTX, inner_lr=CAVIA_LR, inner_steps=2,
                       first_order=True).task_grad(meta, ep, jax.random.key(0))
         diff = np.linalg.norm(_flat(fo["model"]) - _flat(grads["model"]))
         assert diff > 1e-3 * np.linalg.norm(_flat(grads["model"]))
@@ -288,7 +279,7 @@ def test_cavia_meta_gradient_matches_explicit_unrolled_two_steps(first_order, x6
 
 def test_cavia_meta_training_lowers_query_loss():
     learner = cavia(context_mlp(1, 1, hidden=(32, 32), num_context=4), num_context=4,
-                    inner_lr=1.0, num_steps=2)
+                    inner_lr=1.0, inner_steps=2)
     tx = optax.adam(3e-3)
     state = init_state(learner, tx, jax.random.key(0))
     held_out = sinusoid_tasks(jax.random.key(99), 64, 10)
@@ -306,7 +297,7 @@ def test_cavia_meta_training_lowers_query_loss():
 def test_cavia_conv_runs_on_tiny_episodes_with_finite_gradients():
     ways, num_context = 3, 4
     model = context_conv4(1, ways, num_context=num_context, filters=4, strided=True, image_size=8)
-    learner = cavia(model, num_context=num_context, inner_lr=0.5, num_steps=1,
+    learner = cavia(model, num_context=num_context, inner_lr=0.5, inner_steps=1,
                     loss_fn=cross_entropy_loss, metric_fn=accuracy)
     assert learner.family == "conv"
 
@@ -338,14 +329,14 @@ def test_cavia_conv_runs_on_tiny_episodes_with_finite_gradients():
 
 def test_cavia_and_context_model_input_checks(small_model):
     with pytest.raises(ValueError, match="ContextModel"):
-        cavia(small_model, num_context=2, inner_lr=1.0, num_steps=1)
+        cavia(small_model, num_context=2, inner_lr=1.0, inner_steps=1)
     model = context_mlp(1, 1, hidden=(4,), num_context=2)
     with pytest.raises(ValueError, match="num_context"):
-        cavia(model, num_context=3, inner_lr=1.0, num_steps=1)
+        cavia(model, num_context=3, inner_lr=1.0, inner_steps=1)
     with pytest.raises(ValueError, match="inner_lr"):
-        cavia(model, num_context=2, inner_lr=0.0, num_steps=1)
-    with pytest.raises(ValueError, match="num_steps"):
-        cavia(model, num_context=2, inner_lr=1.0, num_steps=0)
+        cavia(model, num_context=2, inner_lr=0.0, inner_steps=1)
+    with pytest.raises(ValueError, match="inner_steps"):
+        cavia(model, num_context=2, inner_lr=1.0, inner_steps=0)
     with pytest.raises(ValueError, match="film_layer"):
         context_conv4(1, 3, num_context=2, film_layer=4)
     with pytest.raises(ValueError, match="image_size"):

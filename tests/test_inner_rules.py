@@ -49,7 +49,7 @@ def test_meta_sgd_rates_have_param_shapes_and_range():
 
 
 def test_lslr_uses_one_rate_per_step_and_reuses_the_last():
-    rule = lslr(0.1, num_steps=2)
+    rule = lslr(0.1, inner_steps=2)
     rates = {"a": jnp.array([0.1, 0.2]), "b": jnp.array([0.3, 0.4])}
     state = rule.init(PARAMS)
     seen = []
@@ -74,5 +74,5 @@ def test_bad_rates_are_clear_errors(bad):
 
 
 def test_lslr_needs_steps():
-    with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match="inner_steps"):
         lslr(0.1, 0)

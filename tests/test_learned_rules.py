@@ -24,7 +24,7 @@ from jmeta.data import sinusoid_tasks
 from jmeta.inner import frozen_rule, lstm_optimizer, meta_lstm, preprocess_gradients, sgd
 from jmeta.models import mlp
 from jmeta.train import Config, ConfigError
-from jmeta.train._build import build_learner, build_task
+from jmeta.train._build import build_learner, build_task, check_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "inner_rules.md"
 MODEL = mlp(1, 1, hidden=(8, 8))
@@ -209,7 +209,7 @@ def short_run(request):
     """100 meta-steps (Adam, 8 sinusoid tasks each) of a learner with a learned rule; the mean
     MAML meta-gradient of the first step; the held-out query loss (32 tasks) before and after."""
     factory, rule, options = request.param
-    learner = factory(MODEL, num_steps=3, rule=rule(), **options)
+    learner = factory(MODEL, inner_steps=3, rule=rule(), **options)
     tx = optax.adam(1e-2)
 
     @jax.jit
@@ -254,9 +254,9 @@ def test_a_short_meta_training_run_lowers_the_held_out_query_loss(short_run):
 
 def test_reptile_rejects_a_learnable_rule_and_runs_a_frozen_one():
     with pytest.raises(ValueError, match="frozen_rule"):
-        reptile(MODEL, num_steps=2, rule=lstm_optimizer()).init(jax.random.key(0))
+        reptile(MODEL, inner_steps=2, rule=lstm_optimizer()).init(jax.random.key(0))
     trained = lstm_optimizer(hidden=4).init_meta(jax.random.key(1), None)
-    learner = reptile(MODEL, num_steps=2, rule=frozen_rule(lstm_optimizer(hidden=4), trained))
+    learner = reptile(MODEL, inner_steps=2, rule=frozen_rule(lstm_optimizer(hidden=4), trained))
     meta = learner.init(jax.random.key(0))
     assert meta["rule"] == ()
     grads, metrics = jax.jit(learner.task_grad)(meta, EPISODE, jax.random.key(2))
@@ -354,45 +354,60 @@ def test_bad_truncate_is_a_clear_error():
         with pytest.raises(ValueError, match="truncate"):
             inner_loop(batch_loss, sgd(0.1), META[0], (), EPISODE.support, 3, truncate=bad)
         with pytest.raises(ValueError, match="truncate"):
-            maml(MODEL, num_steps=3, truncate=bad)
+            maml(MODEL, inner_steps=3, truncate=bad)
 
 
 # --- config wiring -------------------------------------------------------------------------------
+
+
+LEARNERS = {
+    "reptile": {"learner": {"name": "reptile"}},
+    "metasgd": {"learner": {"name": "metasgd"}},
+    "cavia": {"learner": {"name": "cavia", "inner_lr": 0.01, "inner_steps": 1},
+              "model": {"name": "context_mlp"}},
+    "imaml": {"learner": {"name": "imaml", "inner_lr": 0.01, "inner_steps": 1}},
+    "mamlpp": {"learner": {"name": "mamlpp", "inner_steps": 1}},
+    "protonets": {"learner": {"name": "protonets"}, "data": {"name": "omniglot"},
+                  "model": {"name": "conv4"}},
+}
 
 
 @pytest.mark.parametrize("algorithm", ["reptile", "metasgd", "cavia", "imaml", "mamlpp",
                                        "protonets"])
 @pytest.mark.parametrize("inner_rule", ["meta_lstm", "lstm_optimizer"])
 def test_learned_rules_need_an_algorithm_that_trains_them(algorithm, inner_rule):
-    task = {} if algorithm != "protonets" else {"task": "omniglot", "model": "conv4"}
-    with pytest.raises(ConfigError, match="inner_rule"):
-        Config(algorithm=algorithm, inner_rule=inner_rule, **task).replace()
+    with pytest.raises(ConfigError, match="inner rule"):
+        check_config(Config(rule={"name": inner_rule}, **LEARNERS[algorithm]))
 
 
 @pytest.mark.parametrize("changes,match", [
-    ({"inner_truncate": -1}, "inner_truncate must be >= 0"),
-    ({"algorithm": "reptile", "inner_steps": 5, "inner_truncate": 2}, "leave inner_truncate=0"),
-    ({"inner_steps": 3, "inner_truncate": 3}, "below inner_steps"),
-    ({"inner_rule": "lstm_optimizer", "lstm_hidden": 0}, "lstm_hidden"),
-    ({"inner_rule": "lstm_optimizer", "lstm_output_scale": 0.0}, "lstm_output_scale"),
-    ({"inner_rule": "meta_lstm", "inner_lr": 1.0}, r"must be in \(0, 1\)"),
+    ({"learner": {"name": "maml", "truncate": -1}}, "truncate .*must be an int >= 1"),
+    ({"learner": {"name": "reptile", "inner_steps": 5, "truncate": 2}},
+     "Unknown option learner.truncate"),
+    ({"learner": {"name": "maml", "inner_steps": 3, "truncate": 3}}, "below inner_steps"),
+    ({"rule": {"name": "lstm_optimizer", "hidden": 0}}, "lstm_optimizer: hidden"),
+    ({"rule": {"name": "lstm_optimizer", "output_scale": 0.0}}, "lstm_optimizer: output_scale"),
+    ({"learner": {"name": "maml", "inner_lr": 1.0}, "rule": {"name": "meta_lstm"}},
+     r"must be in \(0, 1\)"),
 ])
 def test_bad_truncation_and_lstm_settings_are_config_errors(changes, match):
     with pytest.raises(ConfigError, match=match):
-        Config(**changes).replace()
+        check_config(Config(**changes))
 
 
 @pytest.mark.parametrize("inner_rule", ["meta_lstm", "lstm_optimizer"])
 def test_configs_build_learners_with_learned_rules(inner_rule):
-    cfg = Config(algorithm="fomaml", inner_rule=inner_rule, inner_steps=4, inner_truncate=2,
-                 lstm_hidden=5, hidden=(8,), meta_batch_size=2).replace()
+    cfg = Config(learner=dict(name="fomaml", inner_steps=4, truncate=2),
+                 rule=dict(name=inner_rule, hidden=5), model=dict(name="mlp", hidden=(8,)),
+                 train=dict(meta_batch_size=2)).replace()
     meta = build_learner(cfg, build_task(cfg)).init(jax.random.key(0))
     first_layer = meta["rule"]["lstm"] if inner_rule == "meta_lstm" else meta["rule"]["layers"][0]
     assert first_layer["kernel"].shape[1] == 4 * 5
     if inner_rule == "meta_lstm":  # the input gate (step size) starts around inner_lr
         rate = jax.nn.sigmoid(meta["rule"]["input_gate"]["bias"])
-        lo, hi = (float(jax.nn.sigmoid(math.log(cfg.inner_lr / (1 - cfg.inner_lr)) + d)) for d in (-0.5, 0.5))
-        assert lo <= float(rate) <= hi and lo < cfg.inner_lr < hi
+        lr = cfg.learner.inner_lr
+        lo, hi = (float(jax.nn.sigmoid(math.log(lr / (1 - lr)) + d)) for d in (-0.5, 0.5))
+        assert lo <= float(rate) <= hi and lo < lr < hi
 
 
 # --- the documentation's example -----------------------------------------------------------------

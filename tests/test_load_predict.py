@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 import jmeta
+from jmeta.algorithms import ALGORITHMS
 from jmeta.cli import main
 from jmeta.core import Batch
-from jmeta.train import Config
+from jmeta.train import Config, validate
 from jmeta.train._build import build_learner, model_task
 from jmeta.train._checkpoint import save_tree
 
@@ -20,8 +21,12 @@ WAYS = 3
 
 def _run(tmp_path, algorithm, **changes):
     """A run directory with a config and final meta-parameters, as training leaves it."""
-    cfg = Config(task="omniglot", algorithm=algorithm, model="conv4", filters=4, ways=WAYS,
-                 k_shot=1, inner_lr=0.4, inner_steps=1, eval_steps=(0, 2), **changes)
+    inner = {k: v for k, v in dict(inner_lr=0.4, inner_steps=1).items()
+             if k in ALGORITHMS[algorithm].options}
+    cfg = validate(Config(data=dict(name="omniglot", ways=WAYS, shots=1),
+                          model=dict(name="conv4", filters=4),
+                          learner=dict(name=algorithm, **inner), eval=dict(steps=(0, 2)),
+                          **changes))
     learner = build_learner(cfg, model_task(cfg))
     meta = learner.init(jax.random.key(3))
     run = tmp_path / algorithm
@@ -80,7 +85,7 @@ def test_maml_load_uses_test_steps_and_rejects_other_ways(tmp_path, pages):
     assert trained.test_steps == 2
     adapted = trained.adapt(pages[:WAYS], [0, 1, 2])
     x = jnp.asarray(np.stack([_omniglot_like(p) for p in pages[:WAYS]]))
-    params, _ = learner.adapt(meta, Batch(x, jnp.arange(WAYS)), num_steps=2)
+    params, _ = learner.adapt(meta, Batch(x, jnp.arange(WAYS)), inner_steps=2)
     q = np.stack([_omniglot_like(p) for p in pages[WAYS:]])
     expected = np.asarray(jax.nn.softmax(learner.predict(params, jnp.asarray(q)), axis=-1))
     np.testing.assert_allclose(adapted.predict_proba(q), expected, rtol=1e-4, atol=1e-6)
@@ -111,8 +116,10 @@ def test_predict_command_labels_a_folder(tmp_path, pages, capsys):
 
 def test_predict_command_errors(tmp_path, capsys):
     run, *_ = _run(tmp_path, "protonets")
-    assert main(["predict", str(run), "--support", str(tmp_path / "nope"), "--query", str(tmp_path)]) == 2
+    assert main(["predict", str(run), "--support", str(tmp_path / "nope"),
+                 "--query", str(tmp_path)]) == 2
     assert "expected <support>/<label>/<images>" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["predict", str(run), "--support", str(tmp_path / "empty"), "--query", str(tmp_path)]) == 2
+    assert main(["predict", str(run), "--support", str(tmp_path / "empty"),
+                 "--query", str(tmp_path)]) == 2
     assert "found no support class subfolders" in capsys.readouterr().err

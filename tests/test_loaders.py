@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from jmeta.data import _loaders as L
-from jmeta.data._loaders import (
+from jmeta.data import (
     load_cifar_fs,
     load_fc100,
     load_image_folder,

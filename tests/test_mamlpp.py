@@ -15,6 +15,7 @@ from jmeta.data import sinusoid_tasks
 from jmeta.inner import lslr
 from jmeta.models import Model, mlp
 from jmeta.train._eval import adaptation_curves
+from tests._helpers import sinusoid_episode64, to64, trees_close
 
 LR = 0.05
 HIDDEN = 6
@@ -44,8 +45,8 @@ def _bn_model(loss_counter=None):
 
 BN_MODEL = _bn_model()
 MLP = mlp(1, 1, (8, 8))
-BN_LEARNER = mamlpp(BN_MODEL, num_steps=2, inner_lr=LR, msl_anneal_steps=10)
-MLP_LEARNER = mamlpp(MLP, num_steps=2, inner_lr=LR, per_step_bn=False, msl_anneal_steps=10)
+BN_LEARNER = mamlpp(BN_MODEL, inner_steps=2, inner_lr=LR, msl_anneal_steps=10)
+MLP_LEARNER = mamlpp(MLP, inner_steps=2, inner_lr=LR, per_step_bn=False, msl_anneal_steps=10)
 BN_GRAD = jax.jit(BN_LEARNER.task_grad)
 MLP_GRAD = jax.jit(MLP_LEARNER.task_grad)
 
@@ -54,14 +55,9 @@ def _loss(model, params, batch):
     return mse_loss(model.apply(params, batch.x), batch.y)
 
 
-def _episode64(seed=3):
-    ep = jax.tree.map(lambda x: x[0], sinusoid_tasks(jax.random.key(seed), 1, 6))
-    return jax.tree.map(lambda x: x.astype(jnp.float64), ep)
-
-
 def _distinct_meta(learner):
     """Float64 meta-parameters whose rates differ per step and BN slices differ per step."""
-    meta = jax.tree.map(lambda x: x.astype(jnp.float64), learner.init(jax.random.key(0)))
+    meta = to64(learner.init(jax.random.key(0)))
     rule = jax.tree.map(lambda r: r * (1.0 + 0.3 * jnp.arange(r.shape[0])), meta["rule"])
     model = dict(meta["model"])
     if "bn_0" in model:
@@ -99,12 +95,6 @@ def _unrolled(model, meta, ep, weights, steps=None, trained=2):
         if k < len(weights):
             total = total + weights[k] * q
     return total, _with_slice(theta, bn, min(steps, trained)), jnp.stack(query), jnp.stack(support)
-
-
-def chex_close(actual, expected, rtol, atol=0.0):
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
 
 
 def _paper_weights(epoch, n, msl_epochs):
@@ -145,14 +135,14 @@ def test_msl_weights_traced_step_and_no_annealing():
 
 @pytest.mark.parametrize("step", [0, 4, 10])
 def test_mlp_meta_gradient_matches_unrolled_multi_step_loss(x64, step):
-    meta, ep = _distinct_meta(MLP_LEARNER), _episode64()
+    meta, ep = _distinct_meta(MLP_LEARNER), sinusoid_episode64(3, 6)
     weights = msl_weights(step, 2, 10)
     grads, metrics = MLP_GRAD(meta, ep, jax.random.key(0), step)
 
     def objective(m):
         return _unrolled(MLP, m, ep, weights)[0]
 
-    chex_close(grads, jax.grad(objective)(meta), rtol=1e-9, atol=1e-13)
+    trees_close(grads, jax.grad(objective)(meta), rtol=1e-9, atol=1e-13)
     _, _, query, support = _unrolled(MLP, meta, ep, weights)
     np.testing.assert_allclose(float(metrics["objective"]), float(objective(meta)), rtol=1e-12)
     np.testing.assert_allclose(float(metrics["loss"]), float(query[-1]), rtol=1e-12)
@@ -162,7 +152,7 @@ def test_mlp_meta_gradient_matches_unrolled_multi_step_loss(x64, step):
 
 @pytest.mark.parametrize("step", [0, 4, 10])
 def test_per_step_bn_meta_gradient_matches_unrolled(x64, step):
-    meta, ep = _distinct_meta(BN_LEARNER), _episode64()
+    meta, ep = _distinct_meta(BN_LEARNER), sinusoid_episode64(3, 6)
     assert meta["model"]["bn_0"]["scale"].shape == (3, HIDDEN)
     assert meta["rule"]["bn_0"] == {"bias": None, "scale": None}  # not adapted: no rates
     weights = msl_weights(step, 2, 10)
@@ -171,7 +161,7 @@ def test_per_step_bn_meta_gradient_matches_unrolled(x64, step):
     def objective(m):
         return _unrolled(BN_MODEL, m, ep, weights)[0]
 
-    chex_close(grads, jax.grad(objective)(meta), rtol=1e-9, atol=1e-13)
+    trees_close(grads, jax.grad(objective)(meta), rtol=1e-9, atol=1e-13)
     np.testing.assert_allclose(float(metrics["objective"]), float(objective(meta)), rtol=1e-12)
     # Every slice gets its own, non-zero meta-gradient (slice 0 through the second-order path).
     for g in jax.tree.leaves(grads["model"]["bn_0"]):
@@ -180,19 +170,19 @@ def test_per_step_bn_meta_gradient_matches_unrolled(x64, step):
 
 
 def test_adapt_leaves_bn_slices_alone_and_extends_past_the_trained_steps(x64):
-    meta, ep = _distinct_meta(BN_LEARNER), _episode64()
+    meta, ep = _distinct_meta(BN_LEARNER), sinusoid_episode64(3, 6)
 
     def query_loss(p):
         return mse_loss(BN_LEARNER.predict(p, ep.query.x), ep.query.y)
 
     for steps in (0, 1, 2, 4):
-        params, trace = BN_LEARNER.adapt(meta, ep.support, num_steps=steps, eval_fn=query_loss)
+        params, trace = BN_LEARNER.adapt(meta, ep.support, inner_steps=steps, eval_fn=query_loss)
         _, expected, query, support = _unrolled(BN_MODEL, meta, ep, [], steps=max(steps, 1))
         if steps == 0:
             expected = _with_slice({k: v for k, v in meta["model"].items() if k != "bn_0"},
                                    meta["model"]["bn_0"], 0)
             query, support = query[:0], support[:0]
-        chex_close(params, expected, rtol=1e-10, atol=1e-14)
+        trees_close(params, expected, rtol=1e-10, atol=1e-14)
         for name in ("scale", "bias"):  # exactly the stored slice: not adapted
             np.testing.assert_array_equal(params["bn_0"][name],
                                           meta["model"]["bn_0"][name][min(steps, 2)])
@@ -201,7 +191,7 @@ def test_adapt_leaves_bn_slices_alone_and_extends_past_the_trained_steps(x64):
         np.testing.assert_allclose(trace["support_loss"], support, rtol=1e-10)
 
     # Step 0 of the evaluation curves is predict(meta["model"], x): BN slice 0.
-    tasks = jax.tree.map(lambda x: x.astype(jnp.float64), sinusoid_tasks(jax.random.key(5), 3, 6))
+    tasks = to64(sinusoid_tasks(jax.random.key(5), 3, 6))
     curves = adaptation_curves(BN_LEARNER, meta, tasks, 4)
     assert curves.shape == (3, 5)
     for i in range(3):
@@ -213,12 +203,12 @@ def test_adapt_leaves_bn_slices_alone_and_extends_past_the_trained_steps(x64):
 
 
 def test_derivative_order_annealing_switches_between_fomaml_and_maml(x64):
-    learner = mamlpp(MLP, num_steps=2, inner_lr=LR, multi_step_loss=False, per_step_bn=False,
+    learner = mamlpp(MLP, inner_steps=2, inner_lr=LR, multi_step_loss=False, per_step_bn=False,
                      first_order_until=3)
-    refs = {fo: maml(MLP, num_steps=2, rule=lslr(LR, 2), first_order=fo) for fo in (True, False)}
-    meta = jax.tree.map(lambda x: x.astype(jnp.float64), learner.init(jax.random.key(0)))
-    chex_close(meta, refs[True].init(jax.random.key(0)), rtol=1e-6)  # same initial rates (= LR)
-    tasks = jax.tree.map(lambda x: x.astype(jnp.float64), sinusoid_tasks(jax.random.key(7), 3, 6))
+    refs = {fo: maml(MLP, inner_steps=2, rule=lslr(LR, 2), first_order=fo) for fo in (True, False)}
+    meta = to64(learner.init(jax.random.key(0)))
+    trees_close(meta, refs[True].init(jax.random.key(0)), rtol=1e-6)  # same initial rates (= LR)
+    tasks = to64(sinusoid_tasks(jax.random.key(7), 3, 6))
     key = jax.random.key(0)
 
     def batched(m, t, s):
@@ -229,7 +219,7 @@ def test_derivative_order_annealing_switches_between_fomaml_and_maml(x64):
                 for fo in (True, False)}
     for step, fo in ((0, True), (2, True), (3, False), (50, False)):
         grads, _ = run(meta, tasks, step)
-        chex_close(grads, expected[fo], rtol=1e-9, atol=1e-13)
+        trees_close(grads, expected[fo], rtol=1e-9, atol=1e-13)
     gap = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), expected[True], expected[False])
     assert max(jax.tree.leaves(gap)) > 1e-4  # the two orders really differ here
 
@@ -239,8 +229,8 @@ def test_derivative_order_annealing_switches_between_fomaml_and_maml(x64):
 
 
 def test_first_order_phase_gives_no_gradient_to_the_first_bn_slice(x64):
-    learner = mamlpp(BN_MODEL, num_steps=2, inner_lr=LR, msl_anneal_steps=10, first_order_until=5)
-    meta, ep = _distinct_meta(learner), _episode64()
+    learner = mamlpp(BN_MODEL, inner_steps=2, inner_lr=LR, msl_anneal_steps=10, first_order_until=5)
+    meta, ep = _distinct_meta(learner), sinusoid_episode64(3, 6)
     grads, _ = learner.task_grad(meta, ep, jax.random.key(0), 1)
     for g in jax.tree.leaves(grads["model"]["bn_0"]):
         np.testing.assert_array_equal(g[0], 0.0)  # slice 0 acts only through inner gradients
@@ -254,7 +244,7 @@ def test_meta_step_vmap_trains_without_retracing(tasks):
         traces.append(1)
         return mse_loss(pred, y)
 
-    learner = mamlpp(_bn_model(), num_steps=2, inner_lr=LR, msl_anneal_steps=2,
+    learner = mamlpp(_bn_model(), inner_steps=2, inner_lr=LR, msl_anneal_steps=2,
                      first_order_until=1, loss_fn=counting_loss)
     tx = optax.adam(1e-2)
     step = make_meta_step(learner, tx, task_map="vmap")
@@ -276,33 +266,32 @@ def test_meta_step_vmap_trains_without_retracing(tasks):
 def test_remat_changes_nothing():
     ep = jax.tree.map(lambda x: x[0], sinusoid_tasks(jax.random.key(1), 1, 5))
     meta = BN_LEARNER.init(jax.random.key(0))
-    remat = mamlpp(BN_MODEL, num_steps=2, inner_lr=LR, msl_anneal_steps=10, remat=True)
+    remat = mamlpp(BN_MODEL, inner_steps=2, inner_lr=LR, msl_anneal_steps=10, remat=True)
     g1, _ = BN_GRAD(meta, ep, jax.random.key(0), 3)
     g2, _ = jax.jit(remat.task_grad)(meta, ep, jax.random.key(0), 3)
-    chex_close(g1, g2, rtol=1e-5, atol=1e-7)
+    trees_close(g1, g2, rtol=1e-5, atol=1e-7)
 
 
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="per_step_bn=False"):
-        mamlpp(MLP, num_steps=2)  # no BatchNorm parameter to make per-step
-    with pytest.raises(ValueError, match="num_steps"):
-        mamlpp(BN_MODEL, num_steps=0)
+        mamlpp(MLP, inner_steps=2, per_step_bn=True)  # no BatchNorm parameter to make per-step
+    with pytest.raises(ValueError, match="inner_steps"):
+        mamlpp(BN_MODEL, inner_steps=0)
     with pytest.raises(ValueError, match="msl_anneal_steps"):
-        mamlpp(BN_MODEL, num_steps=2, msl_anneal_steps=-1)
+        mamlpp(BN_MODEL, inner_steps=2, msl_anneal_steps=-1)
     with pytest.raises(ValueError, match="first_order_until"):
-        mamlpp(BN_MODEL, num_steps=2, first_order_until=1.5)
+        mamlpp(BN_MODEL, inner_steps=2, first_order_until=1.5)
     with pytest.raises(ValueError, match="learning rate"):
-        mamlpp(BN_MODEL, num_steps=2, inner_lr=-0.1)
+        mamlpp(BN_MODEL, inner_steps=2, inner_lr=-0.1)
     with pytest.raises(ValueError, match="selects every parameter"):
-        mamlpp(BN_MODEL, num_steps=2, bn_paths=lambda p: True)
+        mamlpp(BN_MODEL, inner_steps=2, bn_paths=lambda p: True)
     meta = BN_LEARNER.init(jax.random.key(0))
     b = Batch(jnp.zeros((3, 1)), jnp.zeros((3, 1)))
-    with pytest.raises(ValueError, match="num_steps"):
-        BN_LEARNER.adapt(meta, b, num_steps=-1)
+    with pytest.raises(ValueError, match="inner_steps"):
+        BN_LEARNER.adapt(meta, b, inner_steps=-1)
     with pytest.raises(ValueError, match="meta-step"):
         BN_LEARNER.task_grad(meta, Episode(b, b), jax.random.key(0))
-    assert BN_LEARNER.uses_step and BN_LEARNER.num_steps == 2
-
+    assert BN_LEARNER.uses_step and BN_LEARNER.inner_steps == 2
 
 
 def _running_conv4_learner(eval_mode=False):
@@ -311,7 +300,7 @@ def _running_conv4_learner(eval_mode=False):
 
     model = conv4(1, 3, filters=4, image_size=16, bn_mode="running")
     used = model._replace(apply=model.eval_apply) if eval_mode else model
-    return model, mamlpp(used, num_steps=2, inner_lr=0.5, loss_fn=cross_entropy_loss)
+    return model, mamlpp(used, inner_steps=2, inner_lr=0.5, loss_fn=cross_entropy_loss)
 
 
 def _image_episode(seed):
@@ -330,12 +319,12 @@ def test_per_step_running_stats_are_those_of_the_network_after_k_steps():
     got = per_step_batch_stats(model, learner, meta, episodes)
     assert got["bn_0"]["mean"].shape == (3, 4) and got["bn_3"]["var"].shape == (3, 4)
     # Compiled once per k (op-by-op execution of the adapted network is slow on CPU).
-    adapt = jax.jit(learner.adapt, static_argnames="num_steps")
+    adapt = jax.jit(learner.adapt, static_argnames="inner_steps")
     stats = jax.jit(model.stats_apply)
     for k in range(3):  # explicitly: adapt k steps, then the query batch's statistics
         want = []
         for ep in episodes:
-            params, _ = adapt(meta, ep.support, num_steps=k)
+            params, _ = adapt(meta, ep.support, inner_steps=k)
             want.append(stats(params, ep.query.x))
         for layer in ("bn_0", "bn_3"):
             for stat in ("mean", "var"):
@@ -360,7 +349,7 @@ def test_test_mode_normalises_step_k_with_slice_k():
     shifted["model"]["bn_3"]["mean"] = meta["model"]["bn_3"]["mean"].at[2].add(5.0)
 
     def outputs(m, k):
-        params, _ = test_learner.adapt(m, ep.support, num_steps=k)
+        params, _ = test_learner.adapt(m, ep.support, inner_steps=k)
         return test_learner.predict(params, ep.query.x)
 
     for k in (0, 1):  # slice 2 is not used before the second step

@@ -50,7 +50,8 @@ def test_same_seed_same_parameters_other_seed_other_parameters(small_model):
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(x, y)
     assert int(a.step) == 5
-    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+    assert any(not np.array_equal(x, y)
+               for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
 
 
 def test_sampler_step_equals_explicit_batch_step(small_model):
@@ -101,7 +102,8 @@ def test_maml_lowers_the_post_adaptation_loss(small_model):
     # Scored on 500 fixed held-out tasks: the training losses of 10-task batches are too noisy
     # for a band (their ratio over 400 steps ranged 0.63-0.81 across seeds).
     held_out = sinusoid_tasks(jax.random.key(123), num_tasks=500, k_shot=10)
-    score = jax.jit(lambda meta: jnp.mean(jax.vmap(lambda e: learner.task_grad(meta, e, None)[1]["loss"])(held_out)))
+    score = jax.jit(lambda meta: jnp.mean(
+        jax.vmap(lambda e: learner.task_grad(meta, e, None)[1]["loss"])(held_out)))
     before = float(score(state.params))
     for _ in range(400):
         state, _ = step(state)
@@ -126,7 +128,7 @@ def test_support_minibatches_cover_each_example_once_per_pass():
     from jmeta.core import Batch, support_minibatches
 
     support = Batch(jnp.arange(10.0)[:, None], jnp.arange(10))
-    b = support_minibatches(jax.random.key(3), support, num_steps=5, batch_size=4)
+    b = support_minibatches(jax.random.key(3), support, inner_steps=5, batch_size=4)
     assert b.x.shape == (5, 4, 1) and b.y.shape == (5, 4)
     flat = np.asarray(b.y).ravel()
     assert sorted(flat[:10]) == list(range(10))  # first pass: a permutation

@@ -15,6 +15,7 @@ from jmeta.core import Batch, Episode, init_state, make_meta_step
 from jmeta.core._losses import cross_entropy_loss
 from jmeta.models import mlp
 from jmeta.train._eval import adaptation_curves
+from tests._helpers import blob_batch, np_cross_entropy
 
 DIM = 4
 EMB = 6
@@ -60,7 +61,7 @@ def _sigmoid(z):
 
 
 def _np_lstm(p, x, h, c):
-    z = x @ _np(p["w_x"]) + h @ _np(p["w_h"]) + _np(p["b"])
+    z = np.concatenate([x, h], -1) @ _np(p["kernel"]) + _np(p["bias"])
     i, f, g, o = np.split(z, 4, axis=-1)
     c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
     return _sigmoid(o) * np.tanh(c), c
@@ -104,27 +105,6 @@ def _np_matching_log_probs(query, memory, ys, ways, scale=1.0):
     att /= att.sum(-1, keepdims=True)
     probs = np.stack([att[:, ys == c].sum(-1) for c in range(ways)], axis=-1)
     return np.log(probs)
-
-
-def _np_ce(logits, labels):
-    logits = logits - logits.max(-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return -np.mean(logp[np.arange(len(labels)), labels])
-
-
-def _blob_batch(key, num_tasks, ways=3, shots=2, queries=3, dim=DIM, signal=2, noise=2.0):
-    """Gaussian-blob classes separated only in the first ``signal`` coordinates."""
-    scale = jnp.concatenate([jnp.full((signal,), 0.5), jnp.full((dim - signal,), noise)])
-    ys, yq = jnp.repeat(jnp.arange(ways), shots), jnp.repeat(jnp.arange(ways), queries)
-
-    def one(k):
-        kc, ks, kq = jax.random.split(k, 3)
-        centres = jnp.pad(2.0 * jax.random.normal(kc, (ways, signal)), ((0, 0), (0, dim - signal)))
-        xs = centres[ys] + scale * jax.random.normal(ks, (ways * shots, dim))
-        xq = centres[yq] + scale * jax.random.normal(kq, (ways * queries, dim))
-        return Episode(Batch(xs, ys), Batch(xq, yq))
-
-    return jax.vmap(one)(jax.random.split(key, num_tasks))
 
 
 def _scaled_rule(meta, factor):
@@ -326,11 +306,11 @@ def test_r2d2_logits_match_numpy(bias_column, x64):
     np.testing.assert_allclose(_np(task_params["weights"]), w, rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(logits, expected, rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(
-        float(trace["support_loss"][0]), _np_ce(1.5 * xs @ w + 0.25, ys), rtol=1e-9
+        float(trace["support_loss"][0]), np_cross_entropy(1.5 * xs @ w + 0.25, ys), rtol=1e-9
     )
     _, metrics = learner.task_grad(meta, ep, jax.random.key(0))
     np.testing.assert_allclose(
-        float(metrics["loss"]), _np_ce(expected, np.asarray(ep.query.y)), rtol=1e-9
+        float(metrics["loss"]), np_cross_entropy(expected, np.asarray(ep.query.y)), rtol=1e-9
     )
 
 
@@ -407,7 +387,7 @@ def test_unadapted_is_uniform_and_eval_is_repeated(name):
         return cross_entropy_loss(learner.predict(p, ep.query.x), ep.query.y)
 
     for steps, length in [(None, 1), (0, 1), (3, 3)]:
-        task_params, trace = learner.adapt(meta, ep.support, num_steps=steps, eval_fn=q)
+        task_params, trace = learner.adapt(meta, ep.support, inner_steps=steps, eval_fn=q)
         assert trace["eval"].shape == (length,)
         assert trace["support_loss"].shape == (1,)
         np.testing.assert_allclose(_np(trace["eval"]), float(q(task_params)), rtol=1e-6)
@@ -423,7 +403,8 @@ def test_unadapted_is_uniform_and_eval_is_repeated(name):
 def test_meta_steps_lower_query_loss(name):
     learner = LEARNERS[name](MODEL)
     tx = optax.adam(1e-2)
-    batch = _blob_batch(jax.random.key(3), 4)
+    batch = blob_batch(jax.random.key(3), 4, ways=3, shots=2, queries=3, dim=DIM, signal=2,
+                       noise=2.0)
     state = init_state(learner, tx, jax.random.key(0))
     step = make_meta_step(learner, tx, task_map="vmap")
     losses = []

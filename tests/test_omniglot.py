@@ -32,7 +32,8 @@ def test_background_and_evaluation_character_counts(omniglot_root, data_cache):
     assert counts == [964, 659]
 
 
-@pytest.mark.parametrize("split,classes", [("train", 4112), ("val", 688), ("test", 1692), ("trainval", 4800)])
+@pytest.mark.parametrize("split,classes", [("train", 4112), ("val", 688), ("test", 1692),
+                                          ("trainval", 4800)])
 def test_vinyals_split_sizes(omniglot_root, data_cache, split, classes):
     ds = load_omniglot(split, root=omniglot_root, cache=data_cache)
     assert ds.num_classes == classes
@@ -43,7 +44,8 @@ def test_vinyals_split_sizes(omniglot_root, data_cache, split, classes):
 
 def test_splits_share_no_character(omniglot_root, data_cache):
     chars = {}
-    for protocol, splits in (("vinyals", ("train", "val", "test")), ("maml", ("train", "val", "test"))):
+    for protocol, splits in (("vinyals", ("train", "val", "test")),
+                             ("maml", ("train", "val", "test"))):
         sets = [
             {n.rsplit("/rot", 1)[0] for n in load_omniglot(s, protocol=protocol, root=omniglot_root,
                                                            cache=data_cache).class_names}

@@ -36,7 +36,8 @@ def test_libraries_and_table_are_complete(peers):
         row = peers.SUPPORT[algorithm]
         assert set(row) == set(peers.LIBRARIES), f"SUPPORT[{algorithm!r}] must list every library"
         for library, reason in row.items():
-            assert reason is None or (isinstance(reason, str) and reason.strip()), (library, algorithm)
+            assert reason is None or (isinstance(reason, str) and reason.strip()), (
+                library, algorithm)
     for (library, name), reason in peers.UNSUPPORTED_WORKLOADS.items():
         assert library in peers.LIBRARIES and isinstance(reason, str) and reason.strip()
 
@@ -44,7 +45,8 @@ def test_libraries_and_table_are_complete(peers):
 def test_every_workload_is_implemented_or_explained(peers, workloads):
     assert peers.load_workloads() == workloads
     for name, spec in workloads.items():
-        assert spec["algorithm"] in peers.SUPPORT, f"{name}: algorithm {spec['algorithm']!r} not in the table"
+        assert spec["algorithm"] in peers.SUPPORT, (
+            f"{name}: algorithm {spec['algorithm']!r} not in the table")
         assert spec["model"] in peers.MODELS, f"{name}: model {spec['model']!r} not handled"
         verdicts = {lib: peers.support(lib, name, spec) for lib in peers.LIBRARIES}
         assert any(v is None for v in verdicts.values()), f"{name}: no peer library runs it"
@@ -58,7 +60,8 @@ def test_expected_coverage(peers, workloads):
         if spec["algorithm"] == "protonets":
             assert {lib for lib, n in supported if n == name} == {"torch"}
         else:
-            assert {lib for lib, n in supported if n == name} == {"learn2learn", "higher", "torchfunc"}
+            assert {lib for lib, n in supported if n == name} == {
+                "learn2learn", "higher", "torchfunc"}
     assert len(peers.pairs(workloads)) == len(workloads) * len(peers.LIBRARIES)
 
 

@@ -82,7 +82,7 @@ def test_meta_gradient_matches_a_hand_unrolled_computation(first_order):
         model = mlp(DIM, WAYS, hidden=(6,))
         episode = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a,
                                _episode())
-        learner = protomaml(model, inner_lr=0.3, num_steps=2, ways=WAYS, scale=2.0,
+        learner = protomaml(model, inner_lr=0.3, inner_steps=2, ways=WAYS, scale=2.0,
                             first_order=first_order)
         meta = jax.tree.map(lambda a: a.astype(jnp.float64), learner.init(jax.random.key(3)))
         grads, _ = jax.jit(learner.task_grad)(meta, episode, jax.random.key(0))
@@ -102,7 +102,7 @@ def test_head_only_takes_the_features_path_with_the_same_values():
     episode = _episode()
 
     def build(head_features):
-        return protomaml(model, inner_lr=0.5, num_steps=2, ways=WAYS,
+        return protomaml(model, inner_lr=0.5, inner_steps=2, ways=WAYS,
                          adapt_filter=lambda p: p.startswith("head/"),
                          head_features=head_features)
 
@@ -113,7 +113,7 @@ def test_head_only_takes_the_features_path_with_the_same_values():
     np.testing.assert_allclose(m_fast["loss"], m_slow["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_slow)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    adapted, _ = fast.adapt(meta, episode.support, num_steps=0)
+    adapted, _ = fast.adapt(meta, episode.support, inner_steps=0)
     expected = prototype_head(model.features(meta["model"], episode.support.x),
                               episode.support.y, WAYS)
     np.testing.assert_allclose(adapted["head"]["kernel"], expected["kernel"], rtol=1e-5)
@@ -124,7 +124,7 @@ def test_bad_input_is_a_clear_error():
         protomaml(mlp(DIM, WAYS), ways=5)
     with pytest.raises(ValueError, match="model has no features"):
         protomaml(conv4(1, None, filters=4), ways=WAYS)
-    with pytest.raises(ValueError, match="scale must be positive"):
+    with pytest.raises(ValueError, match="scale must be a number > 0"):
         protomaml(mlp(DIM, WAYS), ways=WAYS, scale=0.0)
     with pytest.raises(ValueError, match="ways must be an int >= 2"):
         protomaml(mlp(DIM, 1), ways=1)

@@ -13,6 +13,7 @@ from jmeta.core import Batch, Episode, init_state, make_meta_step, map_tasks
 from jmeta.core._losses import cross_entropy_loss
 from jmeta.models import mlp
 from jmeta.train._eval import adaptation_curves
+from tests._helpers import blob_sampler, np_cross_entropy
 
 DIM = 4
 
@@ -26,12 +27,6 @@ def _episode(key, ways, shots, queries, dim=DIM):
         Batch(jax.random.normal(kx, (ways * shots, dim)), ys),
         Batch(jax.random.normal(kq, (ways * queries, dim)), yq),
     )
-
-
-def _np_log_softmax_ce(logits, labels):
-    logits = logits - logits.max(-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return -np.mean(logp[np.arange(len(labels)), labels])
 
 
 @pytest.mark.parametrize("distance", ["sqeuclidean", "cosine"])
@@ -64,7 +59,7 @@ def test_prototypes_and_logits_match_numpy(distance):
     assert logits.shape == (ways * 4, ways)
     assert trace["support_loss"].shape == (1,)
     np.testing.assert_allclose(
-        float(trace["support_loss"][0]), _np_log_softmax_ce(support_logits, ys), rtol=1e-4
+        float(trace["support_loss"][0]), np_cross_entropy(support_logits, ys), rtol=1e-4
     )
     assert "eval" not in trace
 
@@ -81,7 +76,7 @@ def test_unadapted_predict_is_uniform_and_eval_is_repeated():
         return cross_entropy_loss(learner.predict(p, ep.query.x), ep.query.y)
 
     for steps, length in [(None, 1), (0, 1), (1, 1), (4, 4)]:
-        task_params, trace = learner.adapt(meta, ep.support, num_steps=steps, eval_fn=q)
+        task_params, trace = learner.adapt(meta, ep.support, inner_steps=steps, eval_fn=q)
         assert trace["eval"].shape == (length,)
         np.testing.assert_allclose(np.asarray(trace["eval"]), float(q(task_params)), rtol=1e-6)
 
@@ -130,28 +125,11 @@ def test_task_grad_matches_reference(distance):
             assert norm > 1e-6, name
 
 
-def _blob_sampler(num_tasks, ways=3, shots=5, queries=5, dim=8, signal=2, noise=3.0):
-    """Classes are Gaussian blobs whose centres (random per episode) differ only in the first
-    ``signal`` coordinates; the other coordinates are large noise that a random embedding mixes
-    in, so the embedding must be learnt to separate the classes."""
-    scale = jnp.concatenate([jnp.full((signal,), 0.5), jnp.full((dim - signal,), noise)])
-    ys, yq = jnp.repeat(jnp.arange(ways), shots), jnp.repeat(jnp.arange(ways), queries)
-
-    def one(key):
-        kc, ks, kq = jax.random.split(key, 3)
-        centres = jnp.pad(2.0 * jax.random.normal(kc, (ways, signal)), ((0, 0), (0, dim - signal)))
-        xs = centres[ys] + scale * jax.random.normal(ks, (ways * shots, dim))
-        xq = centres[yq] + scale * jax.random.normal(kq, (ways * queries, dim))
-        return Episode(Batch(xs, ys), Batch(xq, yq))
-
-    return lambda key: jax.vmap(one)(jax.random.split(key, num_tasks))
-
-
 @pytest.mark.slow  # long; `make test-slow` runs it
 def test_vmap_and_map_strategies_agree():
     learner = protonets(mlp(8, 6, hidden=(16,)), ways=3)
     meta = learner.init(jax.random.key(0))
-    batch = _blob_sampler(4)(jax.random.key(1))
+    batch = blob_sampler(4)(jax.random.key(1))
     keys = jax.random.split(jax.random.key(2), 4)
     g_v, m_v = map_tasks(learner.task_grad, meta, batch, keys, strategy="vmap")
     g_m, m_m = map_tasks(learner.task_grad, meta, batch, keys, strategy="map", chunk_size=2)
@@ -177,12 +155,12 @@ def test_meta_training_raises_query_accuracy():
     learner = protonets(mlp(8, 8, hidden=(32,)), ways=ways)
     tx = optax.adam(1e-2)
     state = init_state(learner, tx, jax.random.key(0))
-    held_out = _blob_sampler(64, ways=ways)(jax.random.key(123))
+    held_out = blob_sampler(64, ways=ways)(jax.random.key(123))
     keys = jax.random.split(jax.random.key(0), 64)
     evaluate = jax.jit(lambda m: map_tasks(learner.task_grad, m, held_out, keys)[1])
 
     before = evaluate(state.params)
-    step = make_meta_step(learner, tx, task_map="vmap", sampler=_blob_sampler(8, ways=ways))
+    step = make_meta_step(learner, tx, task_map="vmap", sampler=blob_sampler(8, ways=ways))
     for _ in range(100):
         state, metrics = step(state)
     after = evaluate(state.params)
@@ -197,7 +175,7 @@ def test_adaptation_curves_chance_then_prototypes():
     ways = 3
     learner = protonets(mlp(8, 6, hidden=(16,)), ways=ways)
     meta = learner.init(jax.random.key(0))
-    tasks = _blob_sampler(5, ways=ways)(jax.random.key(7))
+    tasks = blob_sampler(5, ways=ways)(jax.random.key(7))
     curves = adaptation_curves(learner, meta, tasks, 1, loss_fn=cross_entropy_loss)
     assert curves.shape == (5, 2)
     np.testing.assert_allclose(curves[:, 0], math.log(ways), rtol=1e-6)

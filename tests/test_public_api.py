@@ -23,11 +23,13 @@ def test_every_public_callable_has_a_docstring(module):
     assert not missing, f"{module.__name__}: undocumented public names {missing}"
 
 
-@pytest.mark.parametrize("module", [core, inner, algorithms, models, data, distributed], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [core, inner, algorithms, models, data, distributed],
+                         ids=lambda m: m.__name__)
 def test_public_functions_show_an_example(module):
     missing = [
         name for name, obj in _public(module)
-        if inspect.isfunction(obj) and not any(m in (obj.__doc__ or "") for m in (">>>", "Example::"))
+        if inspect.isfunction(obj)
+        and not any(m in (obj.__doc__ or "") for m in (">>>", "Example::"))
         and name not in ("meta_step_fn",)
     ]
     assert not missing, f"{module.__name__}: public functions without an example {missing}"

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def page():
-    spec = importlib.util.spec_from_file_location("_jmeta_results_page", ROOT / "benchmarks" / "results_page.py")
+    spec = importlib.util.spec_from_file_location("_jmeta_results_page",
+                                                  ROOT / "benchmarks" / "results_page.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -28,7 +29,8 @@ def _run(root: Path, name: str, cfg: dict, results: dict, *, ways: int, shots: i
          steps_per_sec=0.0, train_s=0.0, per_task=None, episodes=None, num_tasks=600):
     d = root / name
     d.mkdir(parents=True)
-    cfg = {"name": name, "k_shot": shots, "ways": ways, "model": "bert_lora", **cfg}
+    base = {"name": name, "data": {"ways": ways, "shots": shots}, "model": {"name": "bert"}}
+    cfg = {**base, **cfg, "data": {**base["data"], **cfg.get("data", {})}}
     ev = {"name": name, "ways": ways, "k_shot": shots, "num_tasks": num_tasks, "results": results,
           "environment": ENV}
     if per_task is not None:
@@ -45,35 +47,40 @@ def _acc(mean, ci):
     return {"mean": mean, "ci95": ci, "std": 1.0, "n": 600, "nonfinite": 0}
 
 
+def _text(algorithm, **learner):
+    """A BANKING77 run's config sections."""
+    return {"data": {"name": "banking77"}, "learner": {"name": algorithm, **learner}}
+
+
 def test_text_and_inner_rule_sections(page, tmp_path):
     runs = tmp_path / "runs"
-    text = {"task": "banking77", "inner_steps": 1}
-    _run(runs, "banking77_frozen-5w1s", {**text, "algorithm": "protonets"},
+    _run(runs, "banking77_frozen-5w1s", _text("protonets"),
          {"protonets": {"1": _acc(88.5, 0.6)}}, ways=5, shots=1)
     # Fine-tuning is reported at its configured 5 steps, not the larger 10 it was also scored at.
-    _run(runs, "banking77_finetune-5w1s", {**text, "algorithm": "finetune", "inner_steps": 5},
+    _run(runs, "banking77_finetune-5w1s", _text("finetune", inner_steps=5),
          {"finetune": {"5": _acc(89.0, 0.8), "10": _acc(99.0, 0.1)}}, ways=5, shots=1)
-    _run(runs, "banking77_protonets-5w1s", {**text, "algorithm": "protonets"},
+    _run(runs, "banking77_protonets-5w1s", _text("protonets"),
          {"protonets": {"1": _acc(92.0, 0.6)}}, ways=5, shots=1, steps=2000, steps_per_sec=1.0,
          train_s=2000.0)
-    _run(runs, "banking77_maml-5w1s", {**text, "algorithm": "maml", "inner_steps": 2},
+    _run(runs, "banking77_maml-5w1s", _text("maml", inner_steps=2),
          {"maml": {"1": _acc(80.0, 0.5), "2": _acc(89.5, 0.7)}}, ways=5, shots=1, steps=1000,
          steps_per_sec=0.5, train_s=2000.0)
-    rules = {"task": "omniglot", "model": "conv4", "filters": 64, "hidden": [], "inner_steps": 5}
-    _run(runs, "omniglot_inner_rules-5w1s-sgd", {**rules, "name": "omniglot_inner_rules_sgd-5w1s",
-                                                 "algorithm": "maml", "inner_rule": "sgd"},
+    rules = {"data": {"name": "omniglot"}, "model": {"name": "conv4", "filters": 64},
+             "learner": {"name": "maml", "inner_steps": 5}}
+    _run(runs, "omniglot_inner_rules-5w1s-sgd",
+         {**rules, "name": "omniglot_inner_rules_sgd-5w1s", "rule": {"name": "sgd"}},
          {"maml": {"0": _acc(20.0, 1.0), "5": _acc(90.0, 1.0)}}, ways=5, shots=1, steps=10,
          steps_per_sec=2.0, train_s=5.0)
     _run(runs, "omniglot_inner_rules-5w1s-meta_lstm",
-         {**rules, "name": "omniglot_inner_rules_meta_lstm-5w1s", "algorithm": "maml",
-          "inner_rule": "meta_lstm"},
+         {**rules, "name": "omniglot_inner_rules_meta_lstm-5w1s", "rule": {"name": "meta_lstm"}},
          {"maml": {"0": _acc(21.0, 1.0), "5": _acc(93.0, 1.0)}}, ways=5, shots=1, steps=10,
          steps_per_sec=0.5, train_s=20.0)
     out = tmp_path / "docs" / "results.md"
     md = page.build([runs], out)
     assert out.read_text() == md
     text_part = md.split("## Few-shot text classification")[1].split("## Inner update rules")[0]
-    lines = {line.split(" | ")[1]: line for line in text_part.splitlines() if line.startswith("| 5-way")}
+    lines = {line.split(" | ")[1]: line for line in text_part.splitlines()
+             if line.startswith("| 5-way")}
     assert list(lines) == ["frozen encoder, nearest prototype", "fine-tuning from pretrained",
                            "ProtoNets", "MAML (second order)"]
     assert "**89.00 +- 0.80**" in lines["fine-tuning from pretrained"]
@@ -84,7 +91,8 @@ def test_text_and_inner_rule_sections(page, tmp_path):
     assert "| 2,000 (2,000) |" in lines["ProtoNets"] and "| 1.00 |" in lines["ProtoNets"]
     rules_part = md.split("## Inner update rules")[1]
     rows = [line for line in rules_part.splitlines() if line.startswith("| 5-way")]
-    assert [r.split(" | ")[1] for r in rows] == ["SGD (MAML)", "LSTM meta-learner (Ravi & Larochelle)"]
+    assert [r.split(" | ")[1] for r in rows] == ["SGD (MAML)",
+                                                 "LSTM meta-learner (Ravi & Larochelle)"]
     assert "**93.00 +- 1.00** | 21.00 +- 1.00 | +3.00 +- 1.41 (outside CI) |" in rows[1]
     assert "| 20.00 +- 1.00 | - |" in rows[0]
     # The comparison runs are not listed again among the paper reproductions.
@@ -98,21 +106,19 @@ def test_text_margins_are_paired_when_both_runs_kept_the_same_episodes(page, tmp
     difficulty = rng.normal(88.0, 8.0, 600)
     base = (difficulty + rng.normal(0.0, 1.0, 600)).tolist()
     ours = (difficulty + 1.0 + rng.normal(0.0, 1.0, 600)).tolist()
-    text = {"task": "banking77", "inner_steps": 1}
-
     def acc(xs):
         import statistics
         return _acc(statistics.mean(xs), 1.96 * statistics.stdev(xs) / len(xs) ** 0.5)
 
     runs = tmp_path / "runs"
-    _run(runs, "banking77_frozen-5w1s", {**text, "algorithm": "protonets"},
+    _run(runs, "banking77_frozen-5w1s", _text("protonets"),
          {"protonets": {"1": acc(base)}}, ways=5, shots=1,
          per_task={"protonets": {"1": base}}, episodes="e1")
-    _run(runs, "banking77_protonets-5w1s", {**text, "algorithm": "protonets"},
+    _run(runs, "banking77_protonets-5w1s", _text("protonets"),
          {"protonets": {"1": acc(ours)}}, ways=5, shots=1, steps=10,
          per_task={"protonets": {"1": ours}}, episodes="e1")
     # Another run on other episodes: no pairing, quadrature.
-    _run(runs, "banking77_reptile-5w1s", {**text, "algorithm": "reptile"},
+    _run(runs, "banking77_reptile-5w1s", _text("reptile", inner_steps=1),
          {"reptile": {"1": acc(ours)}}, ways=5, shots=1, steps=10,
          per_task={"reptile": {"1": ours}}, episodes="e2")
     md = page.build([runs], tmp_path / "results.md")
@@ -128,7 +134,7 @@ def test_text_margins_are_paired_when_both_runs_kept_the_same_episodes(page, tmp
 def test_a_shrunk_run_never_replaces_the_full_record_of_its_row(page, tmp_path):
     """A RUNLOCAL=1 wiring check (100 test episodes, few meta-steps) read after the full record
     of the same row does not take its place; a second full run does."""
-    text = {"task": "banking77", "inner_steps": 1, "algorithm": "protonets"}
+    text = _text("protonets")
     records, runs = tmp_path / "records", tmp_path / "runs"
     _run(records, "banking77_protonets-5w1s", text, {"protonets": {"1": _acc(92.0, 0.6)}},
          ways=5, shots=1, steps=2000)

@@ -36,8 +36,10 @@ def _class_of(ds, idx):
 
 
 def _check_contract(ds, batch):
-    sx, sy, qx, qy = (np.asarray(a) for a in (batch.support.x, batch.support.y, batch.query.x, batch.query.y))
-    assert sx.shape == (TASKS, WAYS * SHOTS, 3, 3, 1) and qx.shape == (TASKS, WAYS * QUERIES, 3, 3, 1)
+    sx, sy, qx, qy = (np.asarray(a) for a in (batch.support.x, batch.support.y, batch.query.x,
+                                              batch.query.y))
+    assert sx.shape == (TASKS, WAYS * SHOTS, 3, 3, 1)
+    assert qx.shape == (TASKS, WAYS * QUERIES, 3, 3, 1)
     assert sx.dtype == np.float32 and 0 <= sx.min() and sx.max() <= 1
     for t in range(TASKS):
         s_ids, q_ids = _ids(sx[t]), _ids(qx[t])
@@ -99,15 +101,16 @@ def test_both_samplers_draw_from_the_same_distribution(ragged):
         # Within a class, every example is equally likely (class 3 has 12 examples).
         per_example = np.bincount(ids, minlength=len(ragged.data))[ragged.class_start[3]:][:12]
         assert per_example.min() > 0.5 * per_example.mean()
-    tv = 0.5 * np.abs(counts["device"] / counts["device"].sum() - counts["host"] / counts["host"].sum()).sum()
+    tv = 0.5 * np.abs(counts["device"] / counts["device"].sum()
+                      - counts["host"] / counts["host"].sum()).sum()
     assert tv < 0.05
 
 
 def test_rotated_classes_are_rotated_and_augmentation_rotates():
     base = np.zeros((2, 4, 4, 1), np.uint8)
     base[:, 0, 3] = 255  # a marker in one corner: each quarter turn moves it
-    ds = ClassDataset(base, np.zeros(4, np.int64), np.full(4, 2, np.int64), ("r0", "r1", "r2", "r3"),
-                      class_rotation=np.arange(4, dtype=np.int8))
+    ds = ClassDataset(base, np.zeros(4, np.int64), np.full(4, 2, np.int64),
+                      ("r0", "r1", "r2", "r3"), class_rotation=np.arange(4, dtype=np.int8))
     batch = jax.jit(device_sampler(ds, 4, 1, 1, 2))(jax.random.key(0))
     host = HostSampler(ds, 4, 1, 1, 2, seed=0).sample(0)
     for b in (batch, host):
@@ -121,7 +124,8 @@ def test_rotated_classes_are_rotated_and_augmentation_rotates():
 
 @pytest.mark.parametrize(
     "ways,shots,queries,message",
-    [(11, 1, 1, "only 10"), (5, 3, 3, "smallest class of"), (0, 1, 1, "ways must be"), (5, 1, -1, "queries")],
+    [(11, 1, 1, "only 10"), (5, 3, 3, "smallest class of"), (0, 1, 1, "ways must be"),
+     (5, 1, -1, "queries")],
 )
 def test_impossible_requests_are_clear_errors(ragged, ways, shots, queries, message):
     with pytest.raises(ValueError, match=message):
@@ -131,17 +135,20 @@ def test_impossible_requests_are_clear_errors(ragged, ways, shots, queries, mess
 
 
 def test_text_needs_the_host_sampler_with_a_transform():
-    ds = ClassDataset.from_labels(np.array(["a", "b", "c", "d"], dtype=object), np.array([0, 1, 0, 1]), ["x", "y"])
+    ds = ClassDataset.from_labels(np.array(["a", "b", "c", "d"], dtype=object),
+                                  np.array([0, 1, 0, 1]), ["x", "y"])
     with pytest.raises(ValueError, match="tokenizer"):
         device_sampler(ds, 2, 1, 1, 1)
-    sampler = HostSampler(ds, 2, 1, 1, 3, transform=lambda texts: np.array([[len(t)] for t in texts]))
+    sampler = HostSampler(ds, 2, 1, 1, 3,
+                          transform=lambda texts: np.array([[len(t)] for t in texts]))
     assert sampler.sample(0).support.x.shape == (3, 2, 1)
 
 
 def test_omniglot_episodes(omniglot_train):
     sample = jax.jit(device_sampler(omniglot_train, 20, 5, 15, 2))
     batch = sample(jax.random.key(0))
-    assert batch.support.x.shape == (2, 100, 28, 28, 1) and batch.query.x.shape == (2, 300, 28, 28, 1)
+    assert batch.support.x.shape == (2, 100, 28, 28, 1)
+    assert batch.query.x.shape == (2, 300, 28, 28, 1)
     host = HostSampler(omniglot_train, 20, 5, 15, 2).sample(0)
     assert host.support.x.shape == batch.support.x.shape
     for b in (batch, host):  # ink is bright and sparse in every image
@@ -154,7 +161,8 @@ def test_host_prefetch_shards_the_task_axis():
         import jax, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
         from jmeta.data import ClassDataset, HostSampler
-        ds = ClassDataset.from_labels(np.zeros((40, 2, 2, 1), np.uint8), np.arange(40) % 8, list("abcdefgh"))
+        ds = ClassDataset.from_labels(np.zeros((40, 2, 2, 1), np.uint8), np.arange(40) % 8,
+                                      list("abcdefgh"))
         mesh = Mesh(np.array(jax.devices()), ("data",))
         sampler = HostSampler(ds, 2, 1, 1, 8, sharding=NamedSharding(mesh, P("data")))
         with sampler.iterate() as it:
@@ -162,7 +170,9 @@ def test_host_prefetch_shards_the_task_axis():
         shards = batch.support.x.addressable_shards
         print(len(jax.devices()), len(shards), shards[0].data.shape)
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "4", "(2,", "2,", "2,", "2,", "1)"]

@@ -13,7 +13,7 @@ STRATEGIES = [("vmap", None), ("map", None), ("map", 2), ("unroll", None)]
 
 @pytest.fixture(scope="module")
 def learner(small_model):
-    return metasgd(small_model, init_lr=(0.01, 0.05), num_steps=2)
+    return metasgd(small_model, init_lr=(0.01, 0.05), inner_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_strategies_equal_a_python_loop_over_tasks(learner, meta, tasks, strateg
 
 
 def test_mean_of_task_grads_is_grad_of_mean_loss(small_model, tasks):
-    learner = maml(small_model, 0.05, num_steps=1)
+    learner = maml(small_model, 0.05, inner_steps=1)
     meta = learner.init(jax.random.key(0))
     keys = jax.random.split(jax.random.key(1), 4)
     grads, _ = map_tasks(learner.task_grad, meta, tasks, keys)

@@ -22,10 +22,10 @@ from jmeta.data import (
     read_class_split,
     token_sampler,
 )
-from jmeta.train import Config, train
-from jmeta.train._build import build_learner, build_optimizer, build_task
+from jmeta.algorithms import ALGORITHMS
+from jmeta.train import Config, RunDir, check_config, train
+from jmeta.train._build import build, build_learner, build_optimizer, build_task
 from jmeta.train._config import ConfigError, validate
-from jmeta.train._loop import load_meta_params
 from tests.conftest import SHARED_DATA
 
 BANKING = SHARED_DATA / "banking77"
@@ -57,13 +57,23 @@ def splits(bert_path, banking_dir, data_cache):
 
 @pytest.fixture(scope="module")
 def make_cfg(data_cache):
-    def make(**changes):
-        values = dict(task="banking77", model="bert_lora", data_dir=str(SHARED_DATA),
-                      cache_dir=str(data_cache), max_length=MAX_LENGTH, ways=5, k_shot=1,
-                      k_query=5, eval_k_query=5, meta_batch_size=2, inner_steps=1, inner_lr=4.0,
-                      meta_lr=3e-3, log_every=1, val_tasks=4, eval_tasks=4, eval_steps=(0, 1))
-        values.update(changes)
-        return validate(Config(**values))
+    def make(algorithm="maml", **changes):
+        """The 5-way 1-shot BANKING77 config of ``algorithm``; each section of ``changes`` is
+        merged into its own (a ``name`` in ``data`` or ``model`` replaces the component)."""
+        inner = dict(inner_steps=1, inner_lr=4.0)
+        sections = dict(
+            data=dict(name="banking77", data_dir=str(SHARED_DATA), cache_dir=str(data_cache),
+                      max_length=MAX_LENGTH, ways=5, shots=1, queries=5),
+            model=dict(name="bert"),
+            learner=dict(name=algorithm, **{k: v for k, v in inner.items()
+                                            if k in ALGORITHMS[algorithm].options}),
+            optimizer=dict(lr=3e-3),
+            train=dict(log_every=1, meta_batch_size=2),
+            eval=dict(queries=5, val_tasks=4, tasks=4, steps=(0, 1)))
+        for key, value in changes.items():
+            fresh = "name" in value and value["name"] != sections.get(key, {}).get("name")
+            sections[key] = dict(value) if fresh else {**sections.get(key, {}), **value}
+        return validate(Config(**sections))
 
     return make
 
@@ -123,15 +133,15 @@ def test_episodes_shapes_labels_and_disjoint_sets(splits):
 
 def test_impossible_text_configs_fail_before_compiling(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match="banking77/train"):  # 50 training intents
-        build_task(make_cfg(ways=60))
-    with pytest.raises(ConfigError, match="num_steps=0"):
-        make_cfg(algorithm="finetune", num_steps=5)
-    with pytest.raises(ConfigError, match="not available for text"):
-        make_cfg(algorithm="matching")
-    with pytest.raises(ConfigError, match="text_file"):
-        make_cfg(task="text")
-    with pytest.raises(ConfigError, match="bert_lora"):
-        make_cfg(model="conv4")
+        build_task(make_cfg(data=dict(ways=60)))
+    with pytest.raises(ConfigError, match="meta_steps=0"):
+        check_config(make_cfg("finetune", train=dict(meta_steps=5)))
+    with pytest.raises(ConfigError, match="ContextModel"):  # no text version of CAVIA
+        check_config(make_cfg("cavia", learner=dict(inner_lr=1.0, inner_steps=1)))
+    with pytest.raises(ConfigError, match="data.files"):
+        check_config(make_cfg(data=dict(name="text", max_length=MAX_LENGTH)))
+    with pytest.raises(ConfigError, match="tokens"):
+        check_config(make_cfg(model=dict(name="conv4")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,11 +150,11 @@ def test_impossible_text_configs_fail_before_compiling(make_cfg, tmp_path):
 
 @pytest.fixture(scope="module")
 def maml_setup(make_cfg, splits):
-    cfg = make_cfg(algorithm="maml")
+    cfg = make_cfg("maml")
     task = build_task(cfg, need_train=False)
-    learner = build_learner(cfg, task)
+    setup = build(cfg, task)
     episodes = next(task.test_tasks(jax.random.key(7), 16, "test"))
-    return cfg, task, learner, episodes
+    return cfg, task, setup, episodes
 
 
 def _adapt_off_zero(learner, episodes):
@@ -162,27 +172,28 @@ def _adapt_off_zero(learner, episodes):
 
 
 def test_inner_loop_adapts_only_adapters_and_head(maml_setup):
-    _, _, learner, episodes = maml_setup
-    meta, _, adapted = _adapt_off_zero(learner, episodes)
+    _, _, setup, episodes = maml_setup
+    meta, _, adapted = _adapt_off_zero(setup.learner, episodes)
     same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a).view(np.uint32),
                                                     np.asarray(b).view(np.uint32)),
                         meta["model"]["backbone"], adapted["backbone"])
     assert all(jax.tree.leaves(same)), "the frozen backbone changed in the inner loop"
     for part in ("lora", "head"):
-        moved = jax.tree.map(lambda a, b: not np.allclose(a, b), meta["model"][part], adapted[part])
+        moved = jax.tree.map(lambda a, b: not np.allclose(a, b), meta["model"][part],
+                             adapted[part])
         assert all(jax.tree.leaves(moved)), f"some {part} parameters were not adapted"
 
 
-def test_body_inner_lr_steps_adapters_and_head_at_their_own_rates(make_cfg, maml_setup):
-    """body_inner_lr on text: one inner step moves the adapters by body_inner_lr and the head by
-    inner_lr times their support-loss gradients, and leaves the backbone alone."""
+def test_rule_body_lr_steps_adapters_and_head_at_their_own_rates(make_cfg, maml_setup):
+    """rule.body_lr on text: one inner step moves the adapters by rule.body_lr and the head by
+    learner.inner_lr times their support-loss gradients, and leaves the backbone alone."""
     _, task, _, episodes = maml_setup
-    cfg = make_cfg(algorithm="fomaml", body_inner_lr=0.1)
-    learner = build_learner(cfg, task)
-    meta, support, adapted = _adapt_off_zero(learner, episodes)
-    grads = jax.jit(jax.grad(lambda p: task.loss_fn(task.model.apply(p, support.x), support.y)))(
-        meta["model"])
-    for part, rate in (("lora", 0.1), ("head", cfg.inner_lr)):
+    cfg = make_cfg("fomaml", rule=dict(name="sgd", body_lr=0.1))
+    setup = build(cfg, task)
+    meta, support, adapted = _adapt_off_zero(setup.learner, episodes)
+    grads = jax.jit(jax.grad(lambda p: task.loss_fn(setup.model.apply(p, support.x),
+                                                    support.y)))(meta["model"])
+    for part, rate in (("lora", 0.1), ("head", cfg.learner.inner_lr)):
         want = jax.tree.map(lambda p, g, r=rate: p - r * g, meta["model"][part], grads[part])
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                      adapted[part], want)
@@ -190,9 +201,9 @@ def test_body_inner_lr_steps_adapters_and_head_at_their_own_rates(make_cfg, maml
 
 
 def test_outer_optimizer_keeps_no_state_for_the_backbone(maml_setup):
-    cfg, _, learner, _ = maml_setup
-    tx = build_optimizer(cfg)
-    meta = jax.eval_shape(learner.init, jax.random.key(0))
+    cfg, _, setup, _ = maml_setup
+    tx = build_optimizer(cfg, setup.model)
+    meta = jax.eval_shape(setup.learner.init, jax.random.key(0))
     state = jax.eval_shape(tx.init, meta)
     sizes = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
     trainable = sum(int(np.prod(x.shape)) for k, x in
@@ -205,17 +216,17 @@ def test_protomaml_starts_each_task_at_the_prototype_classifier(make_cfg, maml_s
     """Adapted for 0 steps, Proto-MAML over the adapters is ProtoNets on the same encoder: its
     softmax is that of -scale * squared distance to the class means of the embeddings."""
     _, task, _, episodes = maml_setup
-    cfg = make_cfg(algorithm="protomaml", proto_scale=5.0)
+    cfg = make_cfg("protomaml", learner=dict(scale=5.0))
     learner = build_learner(cfg, task)
-    embedder = build_task(make_cfg(algorithm="protonets"), need_train=False).model
+    embedder = build(make_cfg("protonets"), task).model
     meta = learner.init(jax.random.key(0))
     ep = jax.tree.map(lambda a: a[0], episodes)
 
     @jax.jit
     def both(meta):
-        params, _ = learner.adapt(meta, ep.support, num_steps=0)
+        params, _ = learner.adapt(meta, ep.support, inner_steps=0)
         body = {k: v for k, v in meta["model"].items() if k != "head"}
-        c = prototypes_of(embedder.apply(body, ep.support.x), ep.support.y, cfg.ways)
+        c = prototypes_of(embedder.apply(body, ep.support.x), ep.support.y, cfg.data.ways)
         f = embedder.apply(body, ep.query.x)
         return (jax.nn.softmax(learner.predict(params, ep.query.x)),
                 jax.nn.softmax(-5.0 * jnp.sum((f[:, None] - c[None]) ** 2, -1)))
@@ -231,7 +242,7 @@ TRAIN_STEPS = 8
 def trained_run(make_cfg, tmp_path_factory):
     """A MAML run over the adapters: TRAIN_STEPS meta-steps of 2 BANKING77 episodes."""
     run = tmp_path_factory.mktemp("text-run") / "maml"
-    train(make_cfg(algorithm="maml", num_steps=TRAIN_STEPS, save_every=TRAIN_STEPS), run,
+    train(make_cfg("maml", train=dict(meta_steps=TRAIN_STEPS, save_every=TRAIN_STEPS)), run,
           progress=False)
     return run
 
@@ -239,9 +250,10 @@ def trained_run(make_cfg, tmp_path_factory):
 def test_short_meta_training_lowers_the_query_loss(maml_setup, trained_run):
     """The query loss after adaptation falls on 16 fixed test episodes, by far more than its
     standard error, after TRAIN_STEPS meta-steps."""
-    cfg, _, learner, episodes = maml_setup
-    _, meta_after = load_meta_params(trained_run)
-    meta_before = learner.init(jax.random.split(jax.random.key(cfg.seed))[0])  # as init_state
+    cfg, _, setup, episodes = maml_setup
+    learner = setup.learner
+    meta_after, _ = RunDir(trained_run).params("final")
+    meta_before = learner.init(jax.random.split(jax.random.key(cfg.train.seed))[0])  # init_state
 
     @jax.jit
     def query_losses(meta):
@@ -329,7 +341,8 @@ def test_predict_command_on_csv_and_txt(trained_run, tmp_path, capsys):
         w.writerows(SUPPORT)
     txt = tmp_path / "queries.txt"
     txt.write_text("\n".join(QUERIES) + "\n\n")
-    assert main(["predict", str(trained_run), "--support", str(support), "--queries", str(txt)]) == 0
+    assert main(["predict", str(trained_run), "--support", str(support), "--queries",
+                 str(txt)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     names = sorted({label for _, label in SUPPORT})
     assert lines[0] == "text,label," + ",".join(f"p({n})" for n in names)
@@ -338,7 +351,8 @@ def test_predict_command_on_csv_and_txt(trained_run, tmp_path, capsys):
     assert [r[0] for r in rows] == QUERIES and [r[1] for r in rows] == expected
     # A CSV of queries with labels also reports the accuracy.
     queries_csv = tmp_path / "queries.csv"
-    queries_csv.write_text("text,label\n" + "\n".join(f"{q},{e}" for q, e in zip(QUERIES, expected)))
+    queries_csv.write_text("text,label\n" + "\n".join(f"{q},{e}"
+                                                      for q, e in zip(QUERIES, expected)))
     assert main(["predict", str(trained_run), "--support", str(support), "--queries",
                  str(queries_csv), "--json"]) == 0
     out = capsys.readouterr()

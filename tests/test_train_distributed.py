@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["num_steps=40", "log_every=10", "save_every=20", "meta_batch_size=4", "hidden=(16,16)",
-        "baseline=False", "val_tasks=20", "eval_tasks=600"]
+TINY = ["train.meta_steps=40", "train.log_every=10", "train.save_every=20",
+        "train.meta_batch_size=4", "model.hidden=(16,16)", "train.baseline=False",
+        "eval.val_tasks=20", "eval.tasks=600"]
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32: the task mean is reduced in another order
 
 
@@ -19,15 +20,15 @@ def _train(run, *extra, devices=1, overrides=()):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    cmd = [sys.executable, "-m", "jmeta.cli", "train", str(ROOT / "configs/sinusoid_demo.py"), *TINY,
-           *overrides, "--run-dir", str(run), "--no-progress", *extra]
+    cmd = [sys.executable, "-m", "jmeta.cli", "train", str(ROOT / "configs/sinusoid_demo.py"),
+           *TINY, *overrides, "--run-dir", str(run), "--no-progress", *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _params(run):
-    from jmeta.train._loop import load_meta_params
+    from jmeta.train._rundir import RunDir
 
-    return jax.tree.leaves(load_meta_params(run)[1])
+    return jax.tree.leaves(RunDir(run).params("final")[0])
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_four_devices_equal_one(single, tmp_path):
 
 def test_a_model_axis_splits_weights_and_still_equals_one_device(single, tmp_path):
     run = tmp_path / "run"
-    out = _train(run, "--no-eval", devices=4, overrides=["mesh_model=2"])
+    out = _train(run, "--no-eval", devices=4, overrides=["train.mesh_model=2"])
     assert out.returncode == 0, out.stderr
     import json
 
@@ -76,10 +77,10 @@ def test_two_processes_equal_one_and_are_meta_tested(single, tmp_path):
 
 
 def test_a_batch_that_does_not_split_is_a_clear_error(tmp_path):
-    out = _train(tmp_path / "run", "--no-eval", devices=4, overrides=["meta_batch_size=6"])
+    out = _train(tmp_path / "run", "--no-eval", devices=4, overrides=["train.meta_batch_size=6"])
     assert out.returncode == 2
     assert "not divisible" in out.stderr and "6" in out.stderr
-    out = _train(tmp_path / "run2", "--num-processes", "2", overrides=["meta_batch_size=5"])
+    out = _train(tmp_path / "run2", "--num-processes", "2", overrides=["train.meta_batch_size=5"])
     assert out.returncode == 2 and "not divisible" in out.stderr
 
 
@@ -90,7 +91,7 @@ from jmeta.algorithms import protonets
 from jmeta.core import init_state, make_meta_step
 from jmeta.data import ClassDataset, device_sampler
 from jmeta.models import mlp
-from jmeta.train._build import flatten_inputs
+from jmeta.models import flatten_inputs
 rng = np.random.default_rng(0)
 ds = ClassDataset.from_labels(rng.integers(0, 255, (200, 6, 6, 1), dtype=np.uint8),
                               np.arange(200) % 20, [str(i) for i in range(20)])

@@ -13,10 +13,10 @@ from jmeta.algorithms._transfer import default_cosine_scale, transfer_baseline
 from jmeta.core import Batch, Episode, init_state, make_meta_step
 from jmeta.data import ClassDataset, device_sampler
 from jmeta.data._class_batches import class_batch_sampler
-from jmeta.models import mlp
+from jmeta.models import flatten_inputs, mlp
 from jmeta.models._functional import Model
-from jmeta.train._build import flatten_inputs
 from jmeta.train._eval import adaptation_curves
+from tests._helpers import np_cross_entropy, np_softmax
 
 DIM = 4
 HEADS = ("linear", "cosine")
@@ -111,18 +111,6 @@ def test_sampler_bad_input(rotated):
 # ----------------------------------------------------------------------------- numpy references
 
 
-def _np_ce(logits, labels, weights=None):
-    logits = logits - logits.max(-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    nll = -logp[np.arange(len(labels)), labels]
-    return nll.mean() if weights is None else np.sum(weights * nll)
-
-
-def _np_softmax(logits):
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def _np_unit(v, axis):
     return v / np.sqrt(np.sum(v * v, axis=axis, keepdims=True) + 1e-8)
 
@@ -135,7 +123,7 @@ def _np_logits(head, params, x, scale):
 
 def _np_head_grad(head, params, x, y, weights, scale, ways):
     """Gradient of sum_i weights_i * CE_i with respect to the head, by hand."""
-    g = (_np_softmax(_np_logits(head, params, x, scale)) - np.eye(ways)[y]) * weights[:, None]
+    g = (np_softmax(_np_logits(head, params, x, scale)) - np.eye(ways)[y]) * weights[:, None]
     if head == "linear":
         return {"kernel": x.T @ g, "bias": g.sum(0)}
     w = params["kernel"]
@@ -191,7 +179,7 @@ def test_task_grad_is_the_pretraining_cross_entropy_gradient(x64, head):
     e = np.asarray(model.apply(meta["model"], query.x))
     logits = _np_logits(head, jax.tree.map(np.asarray, meta["head"]), e, scale)
     y = np.asarray(query.y)
-    np.testing.assert_allclose(float(metrics["loss"]), _np_ce(logits, y), rtol=1e-10)
+    np.testing.assert_allclose(float(metrics["loss"]), np_cross_entropy(logits, y), rtol=1e-10)
     np.testing.assert_allclose(float(metrics["accuracy"]), np.mean(logits.argmax(-1) == y))
 
     # The support set is ignored: a non-empty one changes nothing.
@@ -252,7 +240,7 @@ def test_finetuning_matches_numpy_sgd(x64, head, batch):
             chosen = order[j * batch : (j + 1) * batch]
             weights = np.zeros(s)
             weights[chosen] = 1.0 / len(chosen)
-        losses.append(_np_ce(_np_logits(head, params, x, scale), y))
+        losses.append(np_cross_entropy(_np_logits(head, params, x, scale), y))
         grads = _np_head_grad(head, params, x, y, weights, scale, ways)
         grads = {k: g + decay * params[k] for k, g in grads.items()}
         buf = (
@@ -261,7 +249,7 @@ def test_finetuning_matches_numpy_sgd(x64, head, batch):
             else {k: momentum * buf[k] + (1 - dampening) * grads[k] for k in grads}
         )
         params = {k: params[k] - lr * buf[k] for k in params}
-        evals.append(_np_ce(_np_logits(head, params, xq, scale), yq))
+        evals.append(np_cross_entropy(_np_logits(head, params, xq, scale), yq))
 
     assert sorted(task_params["task_head"]) == sorted(params)
     for k in params:
@@ -287,7 +275,7 @@ def test_cosine_logits_and_class_mean_initialisation():
         meta = learner.init(jax.random.key(0))
 
         def run(m, learner=learner):
-            task_params, trace = learner.adapt(m, support, num_steps=0)
+            task_params, trace = learner.adapt(m, support, inner_steps=0)
             embed = model.apply(m["model"], jnp.concatenate([support.x, xq]))
             return task_params, trace, learner.predict(task_params, xq), embed
 
@@ -303,7 +291,8 @@ def test_cosine_logits_and_class_mean_initialisation():
         np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(
             float(trace["support_loss"][0]),
-            _np_ce(expected_scale * _np_unit(es, -1) @ _np_unit(protos, -1).T, np.asarray(ys)),
+            np_cross_entropy(expected_scale * _np_unit(es, -1) @ _np_unit(protos, -1).T,
+                             np.asarray(ys)),
             rtol=1e-5,
         )
     assert default_cosine_scale(300) == 10.0  # the pre-training head of 300 classes
@@ -320,7 +309,7 @@ def test_step_zero_is_chance_and_trace_lengths(head):
         embed_dim=5,
         finetune_steps=steps,
     )
-    assert learner.num_steps == steps
+    assert learner.inner_steps == steps
     meta = learner.init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (6, DIM))
     support = Batch(x, jnp.array([0, 1, 2, 0, 1, 2]))
@@ -332,15 +321,15 @@ def test_step_zero_is_chance_and_trace_lengths(head):
 
     for n, length in [(None, steps), (0, 1), (2, 2)]:
         task_params, trace = jax.jit(
-            lambda m, n=n: learner.adapt(m, support, num_steps=n, eval_fn=q)
+            lambda m, n=n: learner.adapt(m, support, inner_steps=n, eval_fn=q)
         )(meta)
         assert trace["support_loss"].shape == (length,)
         assert trace["eval"].shape == (length,)
         np.testing.assert_allclose(float(trace["eval"][-1]), float(q(task_params)), rtol=1e-5)
-    _, trace = learner.adapt(meta, support, num_steps=0)
+    _, trace = learner.adapt(meta, support, inner_steps=0)
     assert "eval" not in trace
-    with pytest.raises(ValueError, match="num_steps"):
-        learner.adapt(meta, support, num_steps=-1)
+    with pytest.raises(ValueError, match="inner_steps"):
+        learner.adapt(meta, support, inner_steps=-1)
 
 
 class _TwoModes(NamedTuple):
@@ -363,7 +352,7 @@ def test_pretraining_uses_apply_and_finetuning_uses_eval_apply():
     query = Batch(jax.random.normal(kq, (5, DIM)), jnp.arange(5))
 
     def run(m):
-        task_params, _ = learner.adapt(m, support, num_steps=0)
+        task_params, _ = learner.adapt(m, support, inner_steps=0)
         _, metrics = learner.task_grad(m, Episode(support, query), None)
         return task_params, learner.predict(task_params, query.x), metrics["loss"]
 
@@ -376,7 +365,7 @@ def test_pretraining_uses_apply_and_finetuning_uses_eval_apply():
     expected = 2.0 * _np_unit(xq + shift, -1) @ _np_unit(protos, -1).T
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-6)
     pre = _np_logits("cosine", {"kernel": np.asarray(meta["head"]["kernel"])}, xq, 2.0)
-    np.testing.assert_allclose(float(loss), _np_ce(pre, np.arange(5)), rtol=1e-5)
+    np.testing.assert_allclose(float(loss), np_cross_entropy(pre, np.arange(5)), rtol=1e-5)
 
 
 def _blobs(rng, num_classes, per_class, signal=8):
@@ -454,6 +443,6 @@ def test_bad_arguments():
     for override, match in bad:
         with pytest.raises(ValueError, match=match):
             transfer_baseline(model, **dict(good, **override))
-    assert transfer_baseline(model, num_classes=6, ways=3, input_shape=(DIM,)).num_steps == 100
+    assert transfer_baseline(model, num_classes=6, ways=3, input_shape=(DIM,)).inner_steps == 100
     with pytest.raises(ValueError, match=r"\[B, D\]"):
         transfer_baseline(mlp(1, 1), num_classes=6, ways=3, input_shape=(2, 3, 1))
