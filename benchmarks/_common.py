@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
-import jax
+from jmeta.bench import hardware_name
+from jmeta.train import git_commit
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def hardware_name() -> str:
-    """``cpu-<cores>core`` on a CPU, else the accelerator's kind (e.g. ``nvidia-h200``)."""
-    if jax.default_backend() == "cpu":
-        return f"cpu-{os.cpu_count()}core"
-    return jax.devices()[0].device_kind.lower().replace(" ", "-")
 
 
 def results_dir() -> Path:
@@ -25,6 +17,6 @@ def results_dir() -> Path:
 
 
 def commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=root).stdout.strip() or "unknown"
+    """The short commit of this checkout (``+dirty`` with uncommitted changes), or
+    ``"unknown"``."""
+    return git_commit(Path(__file__).resolve().parents[1])

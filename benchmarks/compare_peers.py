@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
 
 from _workloads import LIBRARIES, load_workloads, support  # noqa: E402
 
-from jmeta.bench import _git_commit, cpu_model  # noqa: E402
+from jmeta.bench import cpu_model  # noqa: E402
+from jmeta.train import git_commit  # noqa: E402
 
 
 def _last_json(text: str) -> dict | None:
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / info["hardware"]
     out.mkdir(parents=True, exist_ok=True)
     # The commit of the code being measured, read once before the first run.
-    commit = _git_commit()
+    commit = git_commit()
     meta = {"date": datetime.date.today().isoformat(), "commit": commit, "threads": args.threads,
             "rounds": args.rounds, "reps": args.reps, "cpu_count": os.cpu_count(),
             "cpu_model": cpu_model(), "device": args.device}

@@ -29,8 +29,7 @@ import optax
 
 from jmeta.algorithms import maml
 from jmeta.core import Batch, Episode, cross_entropy_loss, init_state, make_meta_step
-from jmeta.models import mlp
-from jmeta.train._build import flatten_inputs
+from jmeta.models import flatten_inputs, mlp
 from jmeta.train._checkpoint import RunCheckpoints
 
 WAYS, SHOTS, QUERIES, TASKS = 20, 1, 15, 16
@@ -86,10 +85,12 @@ def remat_rows(model, *, timed_steps=STEPS, reps=5, n=3):
 
 
 def remat_table(rows, title: str) -> list[str]:
-    lines = [title, "", "| inner steps | temp memory (MB) | with remat (MB) | step (ms) | with remat (ms) |",
+    lines = [title, "",
+             "| inner steps | temp memory (MB) | with remat (MB) | step (ms) | with remat (ms) |",
              "|---|---|---|---|---|"]
     for steps in STEPS:
-        a, b = (next(r for r in rows if r["inner_steps"] == steps and r["remat"] == m) for m in (False, True))
+        a, b = (next(r for r in rows if r["inner_steps"] == steps and r["remat"] == m)
+                for m in (False, True))
         ta, tb = (f"{r['step_ms']:.0f}" if "step_ms" in r else "-" for r in (a, b))
         lines.append(f"| {steps} | {a['temp_mb']:.0f} | {b['temp_mb']:.0f} | {ta} | {tb} |")
     return lines
@@ -128,13 +129,15 @@ def checkpoint_cost(model):
     plain = statistics.median(run(60, 0) for _ in range(3))
     saving = statistics.median(run(60, 20) for _ in range(3))
     ckpts.close()
-    size_mb = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) / 2**20 / len(ckpts.steps())
-    ck = {"save_blocking_ms": 1000 * statistics.median(blocking), "save_total_ms": 1000 * statistics.median(total),
-          "checkpoint_mb": size_mb, "steps_per_sec_no_saves": plain, "steps_per_sec_save_every_20": saving,
+    size_mb = (sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) / 2**20
+               / len(ckpts.steps()))
+    ck = {"save_blocking_ms": 1000 * statistics.median(blocking),
+          "save_total_ms": 1000 * statistics.median(total),
+          "checkpoint_mb": size_mb, "steps_per_sec_no_saves": plain,
+          "steps_per_sec_save_every_20": saving,
           "overhead_pct": 100 * (plain - saving) / plain}
     print(json.dumps(ck))
     return ck
-
 
 
 def main():
@@ -143,27 +146,33 @@ def main():
     hw, commit = hardware_name(), git_commit()
     out = Path(__file__).parent / "results" / hw
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"hardware": hw, "jax": jax.__version__, "commit": commit, "date": time.strftime("%Y-%m-%d")}
+    meta = {"hardware": hw, "jax": jax.__version__, "commit": commit,
+            "date": time.strftime("%Y-%m-%d")}
     if "--conv4" in sys.argv:
         from jmeta.models import conv4
 
         global TASKS
         TASKS = 4
         rows = remat_rows(conv4(1, WAYS, filters=64), timed_steps=(1,), reps=2, n=1)
-        (out / "memory_conv4.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-        lines = remat_table(rows, f"Second-order MAML, Conv-4 (64 filters), Omniglot-shaped 20-way 1-shot "
-                                  f"15-query, meta-batch {TASKS} ({hw}, jax {jax.__version__}, commit {commit}).")
+        (out / "memory_conv4.json").write_text(
+            json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        lines = remat_table(rows, f"Second-order MAML, Conv-4 (64 filters), Omniglot-shaped 20-way "
+                                  f"1-shot 15-query, meta-batch {TASKS} ({hw}, jax "
+                                  f"{jax.__version__}, commit {commit}).")
         (out / "memory_conv4.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return
     model = flatten_inputs(mlp(784, WAYS, hidden=(256, 128, 64, 64)))
     rows = remat_rows(model)
     ck = checkpoint_cost(model)
-    (out / "memory.json").write_text(json.dumps({"meta": meta, "remat": rows, "checkpoint": ck}, indent=2) + "\n")
-    lines = remat_table(rows, f"Second-order MAML, MLP 784-256-128-64-64, 20-way 1-shot 15-query, meta-batch "
-                              f"{TASKS} ({hw}, jax {jax.__version__}, commit {commit}, {meta['date']}).")
-    lines += ["", f"Checkpoint of the MetaState ({ck['checkpoint_mb']:.1f} MB): asynchronous save blocks "
-              f"the loop for {ck['save_blocking_ms']:.0f} ms, finishes writing in {ck['save_total_ms']:.0f} ms; "
+    (out / "memory.json").write_text(
+        json.dumps({"meta": meta, "remat": rows, "checkpoint": ck}, indent=2) + "\n")
+    lines = remat_table(rows, f"Second-order MAML, MLP 784-256-128-64-64, 20-way 1-shot 15-query, "
+                              f"meta-batch {TASKS} ({hw}, jax {jax.__version__}, commit {commit}, "
+                              f"{meta['date']}).")
+    lines += ["", f"Checkpoint of the MetaState ({ck['checkpoint_mb']:.1f} MB): asynchronous save "
+              f"blocks the loop for {ck['save_blocking_ms']:.0f} ms, finishes writing in "
+              f"{ck['save_total_ms']:.0f} ms; "
               f"step rate {ck['steps_per_sec_no_saves']:.1f}/s without saves, "
               f"{ck['steps_per_sec_save_every_20']:.1f}/s saving every 20 steps "
               f"({ck['overhead_pct']:.1f}% overhead)."]

@@ -6,7 +6,8 @@ Shapes are those of the ProtoNets Omniglot workloads (``protonets_omniglot_5w1s`
 pixels square). Each pass is jitted alone and timed after a warm-up (best of ``--reps`` rounds
 of 10 calls); the achieved GFLOP/s counts ``2 * N * H * W * 9 * C_in * C_out`` per pass.
 
-    python benchmarks/profile_conv.py --images 80   # writes benchmarks/results/<hw>/profile_conv.{json,md}
+    python benchmarks/profile_conv.py --images 80
+    # writes benchmarks/results/<hw>/profile_conv.{json,md}
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def _best_ms(fn, *args, reps: int) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=80, help="batch size (80: ProtoNets 5w1s)")
     ap.add_argument("--filters", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
@@ -83,8 +85,9 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else results_dir()
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile_conv.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
-    lines = [f"# Conv-4's convolutions, pass by pass ({args.images} images, {args.filters} filters)",
-             "", f"{meta['hardware']}, jax {jax.__version__}, commit {meta['commit']}, "
+    lines = [f"# Conv-4's convolutions, pass by pass ({args.images} images, "
+             + f"{args.filters} filters)", "",
+             f"{meta['hardware']}, jax {jax.__version__}, commit {meta['commit']}, "
              f"{meta['date']}; each pass jitted alone, best of {args.reps} rounds of 10 calls.", "",
              "| convolution | layer (pixels x channels in) | pass | ms | GFLOP/s |",
              "|---|---|---|---|---|"]

@@ -16,7 +16,7 @@ with jmeta's defaults for the backend (task map and convolution implementation; 
 * ``host dispatch``: a jitted function that returns the state unchanged (the per-call cost of
   passing the state pytree in and out).
 
-    python benchmarks/profile_maml.py            # writes benchmarks/results/<hw>/profile_maml.{json,md}
+    python benchmarks/profile_maml.py   # writes benchmarks/results/<hw>/profile_maml.{json,md}
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import commit, hardware_name, results_dir  # noqa: E402
 from jmeta.bench import cost_flops, load_workloads, synthetic_batch, workload_config  # noqa: E402
-from jmeta.core._meta import init_state, make_meta_step, map_tasks  # noqa: E402
-from jmeta.train._build import (build_learner, build_optimizer, config_task_map,  # noqa: E402
-                                model_conv_impl, model_task)
+from jmeta.algorithms import ALGORITHMS  # noqa: E402
+from jmeta.core import init_state, make_meta_step, map_tasks  # noqa: E402
+from jmeta.train import build, build_optimizer, model_task  # noqa: E402
 
 
 def _time(fn, *args, reps: int) -> tuple[float, float, float | None]:
@@ -55,7 +55,8 @@ def _time(fn, *args, reps: int) -> tuple[float, float, float | None]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", default="maml_omniglot_5w1s")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--task-map", default="auto")
@@ -64,23 +65,29 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     spec = load_workloads()[args.workload]
-    cfg = workload_config(spec, task_map=args.task_map).replace(conv_impl=args.conv_impl)
-    fo_cfg = cfg.replace(algorithm="fomaml", first_order=True)
+    cfg = workload_config(spec, task_map=args.task_map)
+    if "conv_impl" in cfg.model:
+        cfg = cfg.replace(model=dict(conv_impl=args.conv_impl))
+    fomaml = ALGORITHMS["fomaml"].options
+    fo_cfg = cfg.replace(learner=dict(
+        {k: v for k, v in cfg.learner.items() if k in fomaml}, name="fomaml"))
     task = model_task(cfg)
-    learner, fo_learner = build_learner(cfg, task), build_learner(fo_cfg, task)
-    strategy = config_task_map(cfg, learner.family)
-    tx = build_optimizer(cfg)
+    setup = build(cfg, task)
+    learner, fo_learner = setup.learner, build(fo_cfg, task).learner
+    strategy = setup.task_map
+    tx = build_optimizer(cfg, setup.model)
     state = init_state(learner, tx, jax.random.key(0))
     batch = synthetic_batch(cfg, spec, jax.random.key(1))
-    keys = jax.random.split(jax.random.key(2), cfg.meta_batch_size)
+    keys = jax.random.split(jax.random.key(2), cfg.train.meta_batch_size)
     meta = state.params
-    model = task.model
+    model = setup.model
 
     def each(fn):
         return lambda m, b: map_tasks(fn, m, b, keys, strategy=strategy, reduce="mean")
 
     def forward(m, ep, k):
-        return jnp.sum(model.apply(m["model"], ep.support.x)) + jnp.sum(model.apply(m["model"], ep.query.x))
+        return (jnp.sum(model.apply(m["model"], ep.support.x))
+                + jnp.sum(model.apply(m["model"], ep.query.x)))
 
     def adapt(m, ep, k):
         p, _ = learner.adapt(m, ep.support)
@@ -108,7 +115,8 @@ def main(argv=None) -> int:
                      ms=1000 * t, gflops=f and f / 1e9))
     print(f"{rows[-1]['piece']:45s} compile {c:6.1f} s  {rows[-1]['ms']:8.1f} ms", flush=True)
     grads0 = jax.tree.map(jnp.zeros_like, meta)
-    c, t, f = _time(lambda g, o, p: tx.update(g, o, p), grads0, state.opt_state, meta, reps=args.reps)
+    c, t, f = _time(lambda g, o, p: tx.update(g, o, p), grads0, state.opt_state, meta,
+                    reps=args.reps)
     rows.append(dict(piece="Adam update", compile_s=c, ms=1000 * t, gflops=f and f / 1e9))
     c, t, f = _time(lambda s: s, state, reps=max(args.reps, 50))
     rows.append(dict(piece="host dispatch (identity on the state)", compile_s=c, ms=1000 * t,
@@ -117,7 +125,7 @@ def main(argv=None) -> int:
         print(f"{r['piece']:45s} compile {r['compile_s']:6.1f} s  {r['ms']:8.3f} ms", flush=True)
 
     meta_info = dict(workload=args.workload, spec=spec, task_map=strategy,
-                     conv_impl=model_conv_impl(cfg), hardware=hardware_name(), commit=commit(),
+                     conv_impl=setup.conv_impl, hardware=hardware_name(), commit=commit(),
                      jax=jax.__version__, reps=args.reps,
                      date=time.strftime("%Y-%m-%d"))
     out = Path(args.out) if args.out else results_dir()
@@ -125,11 +133,13 @@ def main(argv=None) -> int:
     (out / "profile_maml.json").write_text(json.dumps(dict(meta=meta_info, rows=rows), indent=2))
     lines = [f"# Where a MAML meta-step goes ({args.workload})", "",
              f"{meta_info['hardware']}, jax {jax.__version__}, commit {meta_info['commit']}, "
-             f"{meta_info['date']}; task map `{strategy}`, convolutions `{meta_info['conv_impl']}`; "
+             f"{meta_info['date']}; task map `{strategy}`, convolutions "
+             f"`{meta_info['conv_impl']}`; "
              f"median of {args.reps} calls after warm-up, each piece jitted alone. XLA's cost "
              "analysis counts a loop body once: with the `map` task map the GFLOP column is one "
              "task's, so multiply by the number of tasks for the step.", "",
-             "| piece | compile (s) | ms per call | GFLOP per call | GFLOP/s |", "|---|---|---|---|---|"]
+             "| piece | compile (s) | ms per call | GFLOP per call | GFLOP/s |",
+             "|---|---|---|---|---|"]
     for r in rows:
         g = r["gflops"]
         rate = f"{g / (r['ms'] / 1000):.1f}" if g else "-"

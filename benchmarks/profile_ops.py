@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import commit, hardware_name, results_dir  # noqa: E402
 from jmeta.bench import build_workload, cpu_model, load_workloads  # noqa: E402
-from jmeta.train._build import model_conv_impl  # noqa: E402
 
 CLASSES = ("matmul", "convolution", "patch gather", "col2im + elementwise", "transpose / copy",
            "elementwise")
@@ -113,7 +112,7 @@ def profile(workload: str, steps: int = 5) -> dict:
     """The op profile of one workload's compiled meta-step (see the module docstring)."""
     spec = load_workloads()[workload]
     w = build_workload(spec, donate=False)  # the same state is passed to every call
-    cfg, state, batch = w.cfg, w.state, w.batch
+    state, batch = w.state, w.batch
     compiled = w.step.lower(state, batch).compile()
     ops = hlo_ops(compiled.as_text())
     for _ in range(2):
@@ -143,7 +142,7 @@ def profile(workload: str, steps: int = 5) -> dict:
     top = sorted(per_op.items(), key=lambda kv: -kv[1])[:20]
     return dict(
         workload=workload, spec=spec, task_map=w.task_map,
-        conv_impl=model_conv_impl(cfg) if cfg.model != "mlp" else None, steps=steps,
+        conv_impl=w.conv_impl if w.cfg.model.name != "mlp" else None, steps=steps,
         wall_ms_per_step=wall_ms, op_ms_per_step=sum(per_op.values()), classes=classes,
         top_ops=[dict(name=n, ms_per_step=ms, calls_per_step=calls[n] / steps,
                       cls=op_class(n, ops.get(n)), shape=ops.get(n, {}).get("shape", ""),

@@ -1,11 +1,14 @@
 """Builds docs/results.md from run directories (config.json, results.json, eval.json, metrics).
 
-    python benchmarks/results_page.py runs/reproduce --records benchmarks/results --out docs/results.md
+    python benchmarks/results_page.py runs/reproduce --records benchmarks/results \
+        --out docs/results.md
     python benchmarks/results_page.py --record runs/reproduce/omniglot_maml-5w1s   # keep a record
 
 Every number on the page is read from the run directories (or their records: a run directory
-without its checkpoints, under benchmarks/results/<hardware>/reproduce/); nothing is typed by hand
-except the papers' reference numbers, which come from the configs (sinusoid: below).
+without its checkpoints, under benchmarks/results/<hardware>/reproduce/), through
+:class:`jmeta.train.RunDir` (whose config reads the nested layout and the flat ``config.json``
+of earlier runs alike); nothing is typed by hand except the papers' reference numbers, which
+come from the configs (sinusoid: below).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jmeta.train import paired_difference  # noqa: E402
+from jmeta.train import Config, RunDir, paired_difference  # noqa: E402
+
 CLASSIFICATION = ("omniglot", "miniimagenet", "cifar_fs", "fc100", "tieredimagenet")
 
 # Query MSE after one inner step, mean +- 95% CI: Li et al. 2017 ("Meta-SGD"), Table 1, which
@@ -40,14 +44,16 @@ def _cell(r: dict) -> str:
 
 
 def _read_run(d: Path) -> dict | None:
-    files = [d / n for n in ("config.json", "results.json", "eval.json")]
-    if not all(f.exists() for f in files):
+    """A finished run (config, results, last meta-test, every meta-test, metrics), or ``None``."""
+    run = RunDir(d)
+    if not run.exists():
         return None
-    cfg, res, ev = (json.loads(f.read_text()) for f in files)
-    metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    res, ev = run.results(), run.evaluation()
+    if res is None or ev is None:
+        return None
     evals = [json.loads(f.read_text()) for f in sorted((d / "evals").glob("*.json"))] or [ev]
-    return {"dir": d, "name": d.name, "config": cfg, "results": res, "eval": ev, "evals": evals,
-            "metrics": metrics}
+    return {"dir": d, "name": d.name, "config": run.config, "results": res, "eval": ev,
+            "evals": evals, "metrics": run.metrics()}
 
 
 def load_all(roots: list[Path]) -> list[dict]:
@@ -65,16 +71,18 @@ def load_all(roots: list[Path]) -> list[dict]:
 
 
 def load_runs(root: Path) -> list[dict]:
-    runs = [r for r in load_all([root]) if r["config"]["task"] == "sinusoid"]
-    runs.sort(key=lambda r: (r["config"]["algorithm"], r["config"]["k_shot"]))
+    runs = [r for r in load_all([root]) if r["config"].data.name == "sinusoid"]
+    runs.sort(key=lambda r: (r["config"].learner.name, r["config"].data.shots))
     return runs
 
 
 def record(run_dir: Path, records: Path) -> Path:
-    """Copies a finished run directory, without its checkpoints, under ``records/<hardware>/reproduce``."""
+    """Copies a finished run directory, without its checkpoints, under
+    ``records/<hardware>/reproduce``."""
     run = _read_run(run_dir)
     if run is None:
-        raise SystemExit(f"{run_dir} is not a finished run (config.json, results.json, eval.json).")
+        raise SystemExit(f"{run_dir} is not a finished run (config.json, results.json, "
+                         "eval.json).")
     env = run["results"]["environment"]
     hardware = (f"cpu-{env['cpu_count']}core" if env["backend"] == "cpu"
                 else env["device"].lower().replace(" ", "-"))
@@ -99,15 +107,15 @@ def plot(runs: list[dict], path: Path) -> bool:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in runs:
-        label = f"{r['config']['algorithm']} K={r['config']['k_shot']}"
+        label = f"{r['config'].learner.name} K={r['config'].data.shots}"
         steps = [m["step"] for m in r["metrics"]]
         axes[0].plot(steps, [m["loss"] for m in r["metrics"]], label=label)
-        ev = r["eval"]["results"][r["config"]["algorithm"]]
+        ev = r["eval"]["results"][r["config"].learner.name]
         ks = sorted(int(k) for k in ev)
         axes[1].errorbar(ks, [ev[str(k)]["mean"] for k in ks], [ev[str(k)]["ci95"] for k in ks],
                          marker="o", capsize=3, label=label)
-    axes[0].set(xlabel="meta-step", ylabel="query MSE after adaptation (train tasks)", yscale="log",
-                title="Meta-training")
+    axes[0].set(xlabel="meta-step", ylabel="query MSE after adaptation (train tasks)",
+                yscale="log", title="Meta-training")
     axes[1].set(xlabel="inner steps at test", ylabel="query MSE (1000 new tasks, 95% CI)",
                 yscale="log", title="Meta-test")
     for ax in axes:
@@ -144,7 +152,7 @@ def sinusoid_section(runs: list[dict], out: Path) -> list[str]:
     ]
     for r in runs:
         cfg, res, ev = r["config"], r["results"], r["eval"]
-        alg, k = cfg["algorithm"], cfg["k_shot"]
+        alg, k = cfg.learner.name, cfg.data.shots
         ours = ev["results"][alg]
         pre = ev["results"].get("pretrained", {})
         paper = PAPER.get((alg, k))
@@ -171,17 +179,17 @@ def sinusoid_section(runs: list[dict], out: Path) -> list[str]:
     return lines
 
 
-def _paper_row(cfg: dict, ways: int, shots: int):
+def _paper_row(cfg: Config, ways: int, shots: int):
     """``(paper, source)`` of the config's published row for this test setting, read from the
-    config file's ``ROWS`` (``configs/<name>.py``), or the run's recorded ``paper_result``."""
+    config file's ``ROWS`` (``configs/<name>.py``), or the run's recorded ``paper.result``."""
     module = _config_module(_config_base(cfg))
     if module is not None:
         row = getattr(module, "ROWS", {}).get(f"{ways}w{shots}s")
         if row is not None:
             paper = tuple(row.get("paper", ()))
             return paper, getattr(module, "PAPER", "") if paper else ""
-    if cfg.get("paper_result") and (cfg.get("eval_ways") or cfg["ways"]) == ways:
-        return tuple(cfg["paper_result"]), cfg.get("paper_source", "")
+    if cfg.paper.result and (cfg.eval.ways or cfg.data.ways) == ways:
+        return tuple(cfg.paper.result), cfg.paper.source
     return (), ""
 
 
@@ -191,15 +199,16 @@ def _paper_cell(paper) -> str:
     return f"{paper[0]:.2f}" + (f" +- {paper[1]:.2f}" if len(paper) > 1 else "")
 
 
-def _backbone(cfg: dict) -> str:
-    if cfg["model"] == "conv4":
-        kind = "strided" if cfg.get("strided") else "max-pool"
-        net = f"Conv-4 ({cfg['filters']}, {kind})"
-    elif cfg["model"] == "resnet12":
+def _backbone(cfg: Config) -> str:
+    model = cfg.model
+    if model.name == "conv4":
+        kind = "strided" if model.get("strided") else "max-pool"
+        net = f"Conv-4 ({model.filters}, {kind})"
+    elif model.name == "resnet12":
         net = "ResNet-12"
     else:
-        net = "MLP " + "-".join(str(h) for h in cfg["hidden"])
-    bn = cfg.get("bn_mode", "transductive") if cfg["model"] != "mlp" else "no BN"
+        net = "MLP " + "-".join(str(h) for h in model.hidden)
+    bn = model.get("bn_mode", "transductive") if model.name != "mlp" else "no BN"
     return f"{net}, {bn}"
 
 
@@ -230,7 +239,8 @@ def plot_classification(run: dict, path: Path) -> bool:
     m = run["metrics"]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     steps = [r["step"] for r in m if "accuracy" in r]
-    ax.plot(steps, [100 * r["accuracy"] for r in m if "accuracy" in r], label="training episodes (query)")
+    ax.plot(steps, [100 * r["accuracy"] for r in m if "accuracy" in r],
+            label="training episodes (query)")
     val = [(r["step"], r["val_score"]) for r in m if r.get("val_score") is not None]
     if val:
         ax.plot(*zip(*val), marker="o", label="validation classes")
@@ -251,33 +261,37 @@ def classification_section(runs: list[dict], out: Path) -> list[str]:
         "## Few-shot classification",
         "",
         "Each row: one evaluation of one run (`jmeta eval`, written to `evals/<N>w<K>s.json`).",
-        "Meta-test: tasks drawn from the test classes only, the checkpoint with the best validation",
-        "accuracy, mean +- 95% CI (normal approximation) over the test tasks. \"meta-steps\" is the",
+        ("Meta-test: tasks drawn from the test classes only, the checkpoint with the best "
+         "validation"),
+        ("accuracy, mean +- 95% CI (normal approximation) over the test tasks. \"meta-steps\" "
+         "is the"),
         "training budget actually run, against the config's full schedule; a shortened budget is",
         "stated, never hidden. The configs' docstrings give each protocol in full.",
         "",
-        "| dataset | test N-way K-shot | algorithm | backbone, BatchNorm | paper | ours | test tasks |"
-        " test steps | meta-steps (full) | train wall time | hardware | commit |",
+        "| dataset | test N-way K-shot | algorithm | backbone, BatchNorm | paper | ours |"
+        " test tasks | test steps | meta-steps (full) | train wall time | hardware | commit |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     full = {}
-    for run in sorted(runs, key=lambda r: (r["config"]["task"], r["config"]["algorithm"], r["name"])):
+    for run in sorted(runs, key=lambda r: (r["config"].data.name, r["config"].learner.name,
+                                           r["name"])):
         cfg, res = run["config"], run["results"]
         base = _config_base(cfg)
         full_steps = full.setdefault(base, _full_steps(base))
         for ev in sorted(run["evals"], key=lambda e: (e["ways"], e["k_shot"])):
-            alg = cfg["algorithm"]
+            alg = cfg.learner.name
             result = ev["results"][alg]
             step = str(max(int(k) for k in result))
             paper, source = _paper_row(cfg, ev["ways"], ev["k_shot"])
             env = res["environment"]
-            hardware = (f"{env['cpu_count']}-core CPU" if env["backend"] == "cpu" else env["device"])
+            hardware = (f"{env['cpu_count']}-core CPU" if env["backend"] == "cpu"
+                        else env["device"])
             lines.append(
-                f"| {cfg['task']} | {ev['ways']}-way {ev['k_shot']}-shot | {alg} | {_backbone(cfg)} | "
-                f"{_paper_cell(paper)}{f' ({source})' if source else ''} | "
-                f"**{result[step]['mean']:.2f} +- {result[step]['ci95']:.2f}** | {ev['num_tasks']} | "
-                f"{step} | {res['steps']:,} ({full_steps or '-'}) | {_hours(_train_seconds(run))} | "
-                f"{hardware} | {env['commit']} |"
+                f"| {cfg.data.name} | {ev['ways']}-way {ev['k_shot']}-shot | {alg} | "
+                f"{_backbone(cfg)} | {_paper_cell(paper)}{f' ({source})' if source else ''} | "
+                f"**{result[step]['mean']:.2f} +- {result[step]['ci95']:.2f}** | "
+                f"{ev['num_tasks']} | {step} | {res['steps']:,} ({full_steps or '-'}) | "
+                f"{_hours(_train_seconds(run))} | {hardware} | {env['commit']} |"
             )
     lines.append("")
     for run in runs:
@@ -290,7 +304,8 @@ def classification_section(runs: list[dict], out: Path) -> list[str]:
 # The BANKING77 methods (configs/banking77_<method>.py), baselines first: (label, what adapts).
 TEXT_METHODS = {
     "frozen": ("frozen encoder, nearest prototype", "nothing (baseline)"),
-    "finetune": ("fine-tuning from pretrained", "LoRA + head per task, no meta-training (baseline)"),
+    "finetune": ("fine-tuning from pretrained",
+                 "LoRA + head per task, no meta-training (baseline)"),
     "protonets": ("ProtoNets", "meta-learned LoRA, prototypes"),
     "maml": ("MAML (second order)", "LoRA + head, meta-learned init"),
     "fomaml": ("first-order MAML", "LoRA + head, meta-learned init"),
@@ -300,15 +315,15 @@ TEXT_METHODS = {
 BASELINES = ("frozen", "finetune")
 
 
-def _text_method(cfg: dict) -> str:
+def _text_method(cfg: Config) -> str:
     base = _config_base(cfg) or ""
-    return base.split("_", 1)[1] if base.startswith("banking77_") else cfg["algorithm"]
+    return base.split("_", 1)[1] if base.startswith("banking77_") else cfg.learner.name
 
 
-def _reported_step(cfg: dict, result: dict) -> str:
+def _reported_step(cfg: Config, result: dict) -> str:
     """The inner-step count a run is scored at: the one it was trained (or, for fine-tuning,
     tuned) with when it was evaluated there, else the largest evaluated."""
-    step = str(cfg.get("inner_steps"))
+    step = str(cfg.learner.get("inner_steps"))
     return step if step in result else str(max(int(k) for k in result))
 
 
@@ -323,12 +338,13 @@ def _margin(a: tuple, b: tuple) -> str:
     test episodes when both evaluations kept per-episode scores of the same episodes, else the
     difference of the means with the two CIs combined in quadrature (conservative)."""
     (run_a, ev_a, step_a, r_a), (run_b, ev_b, step_b, r_b) = a, b
-    paired = paired_difference(ev_a, ev_b, run_a["config"]["algorithm"],
-                               run_b["config"]["algorithm"], step_a, step_b)
+    paired = paired_difference(ev_a, ev_b, run_a["config"].learner.name,
+                               run_b["config"].learner.name, step_a, step_b)
     if paired is not None:
         diff, ci, how = paired["mean"], paired["ci95"], "paired"
     else:
-        diff, ci, how = r_a["mean"] - r_b["mean"], (r_a["ci95"] ** 2 + r_b["ci95"] ** 2) ** 0.5, ""
+        diff, how = r_a["mean"] - r_b["mean"], ""
+        ci = (r_a["ci95"] ** 2 + r_b["ci95"] ** 2) ** 0.5
     verdict = ("outside CI" if abs(diff) > ci else "within CI") + (f", {how}" if how else "")
     return f"{diff:+.2f} +- {ci:.2f} ({verdict})"
 
@@ -342,7 +358,7 @@ def text_section(runs: list[dict]) -> list[str]:
     for run in runs:
         cfg = run["config"]
         for ev in run["evals"]:
-            result = ev["results"][cfg["algorithm"]]
+            result = ev["results"][cfg.learner.name]
             step = _reported_step(cfg, result)
             key, row = (ev["ways"], ev["k_shot"], _text_method(cfg)), (run, ev, step, result[step])
             # Of two runs of one row, the fuller protocol (more test episodes, then more
@@ -381,10 +397,11 @@ def text_section(runs: list[dict]) -> list[str]:
             cfg, res = run["config"], run["results"]
             label, adapts = TEXT_METHODS.get(method, (method, "-"))
             env = res["environment"]
-            hardware = (f"{env['cpu_count']}-core CPU" if env["backend"] == "cpu" else env["device"])
+            hardware = (f"{env['cpu_count']}-core CPU" if env["backend"] == "cpu"
+                        else env["device"])
             vs = "-" if method in BASELINES or best is None else _margin((run, ev, step, r), best)
             per_step = f"{1 / res['steps_per_sec']:.2f}" if res.get("steps_per_sec") else "-"
-            full = _full_steps(_config_base(cfg), cfg['name'].rsplit('-', 1)[-1])
+            full = _full_steps(_config_base(cfg), cfg.name.rsplit('-', 1)[-1])
             lines.append(
                 f"| {ways}-way {shots}-shot | {label} | {adapts} | "
                 f"**{r['mean']:.2f} +- {r['ci95']:.2f}** | {vs} | {ev['num_tasks']} | {step} | "
@@ -403,10 +420,10 @@ INNER_RULES = {
 }
 
 
-def _inner_rule(cfg: dict) -> str:
-    if cfg["algorithm"] == "metasgd":
+def _inner_rule(cfg: Config) -> str:
+    if cfg.learner.name == "metasgd":
         return "metasgd"
-    return "sgd" if cfg.get("inner_rule") in (None, "default", "sgd") else cfg["inner_rule"]
+    return cfg.rule.get("name") or "sgd"
 
 
 def inner_rules_section(runs: list[dict]) -> list[str]:
@@ -439,7 +456,7 @@ def inner_rules_section(runs: list[dict]) -> list[str]:
             entries.append((ev["ways"], ev["k_shot"], order.index(rule) if rule in order else 99,
                             rule, run, ev))
     def scored(run, ev):
-        result = ev["results"][run["config"]["algorithm"]]
+        result = ev["results"][run["config"].learner.name]
         step = str(max(int(k) for k in result))
         return run, ev, step, result[step]
 
@@ -448,17 +465,18 @@ def inner_rules_section(runs: list[dict]) -> list[str]:
     for ways, shots, _, rule, run, ev in sorted(entries, key=lambda e: e[:3]):
         cfg, res = run["config"], run["results"]
         row = scored(run, ev)
-        result, step = ev["results"][cfg["algorithm"]], row[2]
+        result, step = ev["results"][cfg.learner.name], row[2]
         before = _cell_pct(result["0"]) if "0" in result and step != "0" else "-"
         base = sgd.get((ways, shots))
         vs = "-" if rule == "sgd" or base is None else _margin(row, base)
         env = res["environment"]
         hardware = (f"{env['cpu_count']}-core CPU" if env["backend"] == "cpu" else env["device"])
         per_step = f"{1 / res['steps_per_sec']:.2f}" if res.get("steps_per_sec") else "-"
+        full = _full_steps("omniglot_inner_rules", cfg.name.rsplit("-", 1)[-1])
         lines.append(
             f"| {ways}-way {shots}-shot | {INNER_RULES.get(rule, rule)} | "
             f"**{_cell_pct(result[step])}** | {before} | {vs} | {ev['num_tasks']} | "
-            f"{res['steps']:,} ({_full_steps('omniglot_inner_rules', cfg['name'].rsplit('-', 1)[-1]) or '-'}) | "
+            f"{res['steps']:,} ({full or '-'}) | "
             f"{_hours(_train_seconds(run))} | {per_step} | {hardware} | {env['commit']} |"
         )
     return lines
@@ -480,22 +498,24 @@ def _config_module(base: str | None):
     return module
 
 
-def _config_base(cfg: dict) -> str | None:
-    """The config file a run came from: its name's prefix, else ``<task>_<algorithm>``."""
-    for base in (cfg["name"].split("-")[0], f"{cfg['task']}_{cfg['algorithm']}"):
+def _config_base(cfg: Config) -> str | None:
+    """The config file a run came from: its name's prefix, else ``<dataset>_<learner>``."""
+    for base in (cfg.name.split("-")[0], f"{cfg.data.name}_{cfg.learner.name}"):
         if (ROOT / "configs" / f"{base}.py").exists():
             return base
     return None
 
 
 def _full_steps(base: str | None, row: str | None = None):
-    """The config's full ``num_steps`` for ``row`` (its default row when not given)."""
+    """The config's full ``train.meta_steps`` for ``row`` (its default row when not given)."""
     module = _config_module(base)
     if module is None:
         return None
     try:
-        cfg = module.get_config(row) if row and row in getattr(module, "ROWS", {}) else module.get_config()
-        return f"{cfg['num_steps']:,}"
+        rows = getattr(module, "ROWS", {})
+        cfg = module.get_config(row) if row and row in rows else module.get_config()
+        steps = cfg["train"]["meta_steps"]
+        return f"{steps:,}"
     except Exception:  # noqa: BLE001 - a config without a default row
         return None
 
@@ -504,16 +524,18 @@ def build(roots: list[Path], out: Path) -> str:
     runs = load_all(roots)
     if not runs:
         raise SystemExit(f"No finished runs (config.json, results.json, eval.json) under {roots}.")
-    sinusoid = sorted((r for r in runs if r["config"]["task"] == "sinusoid"),
-                      key=lambda r: (r["config"]["algorithm"], r["config"]["k_shot"]))
-    rules = [r for r in runs if r["config"]["name"].startswith("omniglot_inner_rules")]
-    classification = [r for r in runs if r["config"]["task"] in CLASSIFICATION and r not in rules]
-    banking = [r for r in runs if r["config"]["task"] == "banking77"]
+    sinusoid = sorted((r for r in runs if r["config"].data.name == "sinusoid"),
+                      key=lambda r: (r["config"].learner.name, r["config"].data.shots))
+    rules = [r for r in runs if r["config"].name.startswith("omniglot_inner_rules")]
+    classification = [r for r in runs
+                      if r["config"].data.name in CLASSIFICATION and r not in rules]
+    banking = [r for r in runs if r["config"].data.name == "banking77"]
     lines = [
         "# Results",
         "",
         "Generated by `make results` (`benchmarks/results_page.py`) from the run directories under",
-        "`runs/reproduce` and the run records under `benchmarks/results/*/reproduce`; do not edit by",
+        ("`runs/reproduce` and the run records under `benchmarks/results/*/reproduce`; do not "
+         "edit by"),
         "hand. `make rows` lists every published row with its make target.",
         "",
     ]
@@ -529,15 +551,19 @@ def build(roots: list[Path], out: Path) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("roots", type=Path, nargs="*", help="folders holding run directories")
-    p.add_argument("--records", type=Path, help="benchmarks/results: read <hardware>/reproduce records")
-    p.add_argument("--record", type=Path, nargs="+", help="copy these finished runs into the records")
+    p.add_argument("--records", type=Path,
+                   help="benchmarks/results: read <hardware>/reproduce records")
+    p.add_argument("--record", type=Path, nargs="+",
+                   help="copy these finished runs into the records")
     p.add_argument("--out", type=Path, default=Path("docs/results.md"))
     args = p.parse_args()
     if args.record:
         for run_dir in args.record:
-            print(f"recorded {run_dir} in {record(run_dir, args.records or ROOT / 'benchmarks' / 'results')}")
+            out = record(run_dir, args.records or ROOT / "benchmarks" / "results")
+            print(f"recorded {run_dir} in {out}")
         return
     roots = sorted((args.records or Path("/nonexistent")).glob("*/reproduce")) + list(args.roots)
     print(build(roots, args.out))

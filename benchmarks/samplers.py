@@ -1,4 +1,5 @@
-"""Episode samplers on Omniglot: episodes per second beside the meta-step they feed, and load times.
+"""Episode samplers on Omniglot: episodes per second beside the meta-step they feed, and load
+times.
 
     python benchmarks/samplers.py [--data-dir ../shared/data]
 
@@ -27,8 +28,7 @@ import optax
 
 from jmeta.core import init_state, make_meta_step
 from jmeta.data import HostSampler, device_sampler, load_omniglot, load_omniglot_characters
-from jmeta.train import Config
-from jmeta.train._build import build_learner, build_task
+from jmeta.train import Config, build, model_task
 
 TASKS = 32
 SETTINGS = [(5, 1, 15), (20, 5, 15)]
@@ -47,8 +47,10 @@ def rate(fn, n, reps=5):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir",
+                   default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     args = p.parse_args()
     root = Path(args.data_dir) / "omniglot"
     cache = Path(tempfile.mkdtemp(prefix="jmeta-bench-cache-"))
@@ -74,10 +76,12 @@ def main():
         hst = rate(lambda: host.sample(next(steps)), 10)
         with host.iterate() as it:
             pre = rate(lambda: next(it), 10)
-        cfg = Config(task="omniglot", algorithm="maml", ways=ways, k_shot=shots, k_query=queries,
-                     hidden=(256, 128, 64, 64), inner_lr=0.4, meta_batch_size=TASKS,
-                     data_dir=str(Path(args.data_dir).absolute()), cache_dir=str(cache))
-        learner = build_learner(cfg, build_task(cfg))
+        cfg = Config(data=dict(name="omniglot", ways=ways, shots=shots, queries=queries,
+                               data_dir=str(Path(args.data_dir).absolute()), cache_dir=str(cache)),
+                     model=dict(name="mlp", hidden=(256, 128, 64, 64)),
+                     learner=dict(name="maml", inner_lr=0.4),
+                     train=dict(meta_batch_size=TASKS)).replace()
+        learner = build(cfg, model_task(cfg)).learner
         tx = optax.adam(1e-3)
         step = make_meta_step(learner, tx, sampler=device_sampler(ds, ways, shots, queries, TASKS))
         box = [init_state(learner, tx, jax.random.key(0))]
@@ -100,21 +104,24 @@ def main():
     out = Path(__file__).parent / "results" / hw
     out.mkdir(parents=True, exist_ok=True)
     commit = git_commit()
-    meta = {"hardware": hw, "jax": jax.__version__, "commit": commit, "date": time.strftime("%Y-%m-%d"),
-            "omniglot_first_load_s": convert_s, "omniglot_cached_load_s": cached_s}
+    meta = {"hardware": hw, "jax": jax.__version__, "commit": commit,
+            "date": time.strftime("%Y-%m-%d"), "omniglot_first_load_s": convert_s,
+            "omniglot_cached_load_s": cached_s}
     (out / "samplers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"Omniglot samplers on {hw} (jax {jax.__version__}, commit {commit}, {meta['date']}); "
         f"episodes per second, median (min..max), meta-batch {TASKS}.", "",
         f"First load (convert 32,460 PNGs to a 28x28 uint8 cache): {convert_s:.1f} s; "
         f"cached load of the train split: {cached_s * 1000:.0f} ms.", "",
-        "| episode | device sampler | host sampler | host + prefetch | MAML MLP meta-step | slowest sampler / step |",
+        ("| episode | device sampler | host sampler | host + prefetch | MAML MLP meta-step "
+         "| slowest sampler / step |"),
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [f"{r[k]['episodes_per_sec']:.0f} ({r[k]['min']:.0f}..{r[k]['max']:.0f})"
                  for k in ("device_sampler", "host_sampler", "host_prefetch", "maml_mlp_step")]
-        lines.append(f"| {r['episode']} | " + " | ".join(cells) + f" | {r['slowest_sampler_over_step']:.0f}x |")
+        lines.append(f"| {r['episode']} | " + " | ".join(cells)
+                     + f" | {r['slowest_sampler_over_step']:.0f}x |")
     (out / "samplers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -32,7 +32,8 @@ from jmeta.distributed import make_mesh, shard_state, task_sharding
 from jmeta.models import mlp
 mesh = make_mesh()
 learner, tx = maml(mlp(), 0.01, 5), optax.adam(1e-3)
-step = make_meta_step(learner, tx, sampler=sinusoid_sampler(32, 10), batch_sharding=task_sharding(mesh))
+step = make_meta_step(learner, tx, sampler=sinusoid_sampler(32, 10),
+                      batch_sharding=task_sharding(mesh))
 state = shard_state(init_state(learner, tx, jax.random.key(0)), mesh)
 t = time.perf_counter(); compiled = step.lower(state).compile(); compile_s = time.perf_counter() - t
 state, _ = compiled(state); jax.block_until_ready(state)
@@ -52,7 +53,8 @@ def main():
     rows = []
     for n in (1, 2, 4, 8):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-        out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                             text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     import jax
@@ -61,13 +63,14 @@ def main():
     out_dir = Path(__file__).parent / "results" / hw
     out_dir.mkdir(parents=True, exist_ok=True)
     commit = git_commit()
-    meta = {"hardware": hw, "jax": jax.__version__, "commit": commit, "date": time.strftime("%Y-%m-%d")}
+    meta = {"hardware": hw, "jax": jax.__version__, "commit": commit,
+            "date": time.strftime("%Y-%m-%d")}
     (out_dir / "scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [f"Sharded sinusoid MAML (5 inner steps, meta-batch 32) on {hw}, simulated devices "
              f"(jax {jax.__version__}, commit {commit}, {meta['date']}).", "",
              "| devices | tasks/s (min..max) | compile (s) |", "|---|---|---|"]
-    lines += [f"| {r['devices']} | {r['tasks_per_sec']:.0f} ({r['min']:.0f}..{r['max']:.0f}) | {r['compile_s']:.2f} |"
-              for r in rows]
+    lines += [f"| {r['devices']} | {r['tasks_per_sec']:.0f} ({r['min']:.0f}..{r['max']:.0f}) "
+              f"| {r['compile_s']:.2f} |" for r in rows]
     (out_dir / "scaling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -51,13 +51,16 @@ def run_one(spec: list, steps: int, reps: int) -> dict:
 
     from jmeta.core import init_state, make_meta_step
     from jmeta.data import sinusoid_sampler
-    from jmeta.train import Config
-    from jmeta.train._build import build_learner, build_task
+    from jmeta.algorithms import ALGORITHMS
+    from jmeta.train import Config, build, build_task, validate
 
     name, alg, inner, task_map, chunk, batch, k = spec
-    cfg = Config(algorithm=alg, inner_steps=inner, k_shot=k, meta_batch_size=batch,
-                 remat=name.endswith("remat"), meta_optimizer="adam")
-    learner = build_learner(cfg, build_task(cfg))
+    learner_cfg = dict(name=alg, inner_steps=inner)
+    if "remat" in ALGORITHMS[alg].options:
+        learner_cfg["remat"] = name.endswith("remat")
+    cfg = validate(Config(data=dict(name="sinusoid", shots=k), learner=learner_cfg,
+                          optimizer=dict(name="adam"), train=dict(meta_batch_size=batch)))
+    learner = build(cfg, build_task(cfg)).learner
     tx = optax.adam(1e-3)
     step = make_meta_step(learner, tx, task_map=task_map, chunk_size=chunk or None,
                           sampler=sinusoid_sampler(batch, k))
@@ -77,7 +80,8 @@ def run_one(spec: list, steps: int, reps: int) -> dict:
     rates.sort()
     return {
         "workload": name, "algorithm": alg, "inner_steps": inner, "task_map": task_map,
-        "chunk_size": chunk or None, "meta_batch": batch, "k_shot": k, "remat": cfg.remat,
+        "chunk_size": chunk or None, "meta_batch": batch, "k_shot": k,
+        "remat": cfg.learner.get("remat", False),
         "compile_s": compile_s, "steps_per_sec_median": rates[len(rates) // 2],
         "steps_per_sec_min": rates[0], "steps_per_sec_max": rates[-1],
         "tasks_per_sec_median": batch * rates[len(rates) // 2],
@@ -87,7 +91,8 @@ def run_one(spec: list, steps: int, reps: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 repetitions of 200 steps")
     p.add_argument("--only", help="comma-separated workload names")
     p.add_argument("--out", help="output directory (default benchmarks/results/<hardware>)")
@@ -101,12 +106,14 @@ def main() -> None:
     chosen = [w for w in WORKLOADS if not args.only or w[0] in args.only.split(",")]
     rows = []
     for w in chosen:
-        cmd = [sys.executable, __file__, "--child", json.dumps(w)] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, __file__, "--child", json.dumps(w)]
+        cmd += ["--quick"] if args.quick else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(f"{row['workload']:24s} compile {row['compile_s']:5.2f} s  "
-              f"{row['steps_per_sec_median']:7.0f} steps/s  peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+              f"{row['steps_per_sec_median']:7.0f} steps/s  peak RSS {row['peak_rss_mb']:.0f} MB",
+              flush=True)
 
     import jax
 
@@ -116,7 +123,8 @@ def main() -> None:
     meta = {"hardware": hw, "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
             "commit": git_commit()}
-    (out_dir / "sinusoid.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (out_dir / "sinusoid.json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"Sinusoid meta-step on {hw} ({meta['cpu']}, jax {meta['jax']}, commit {meta['commit']}, "
         f"{meta['date']}); median of {reps} x {steps} steps after warm-up.", "",
