@@ -421,9 +421,14 @@ INNER_RULES = {
 
 
 def _inner_rule(cfg: Config) -> str:
-    if cfg.learner.name == "metasgd":
-        return "metasgd"
-    return cfg.rule.get("name") or "sgd"
+    """The rule a run of the comparison stands for, from its name: ``make compare-inner-rules``
+    names it ``omniglot_inner_rules_<rule>-<row>``, the config ``omniglot_inner_rules-<row>-<rule>``
+    (its row token chooses the rule; SGD without one)."""
+    name = cfg.name.removesuffix("-runlocal")
+    if name.startswith("omniglot_inner_rules_"):
+        return name.removeprefix("omniglot_inner_rules_").split("-")[0]
+    parts = name.split("-")
+    return parts[2] if name.startswith("omniglot_inner_rules-") and len(parts) > 2 else "sgd"
 
 
 def inner_rules_section(runs: list[dict]) -> list[str]:
