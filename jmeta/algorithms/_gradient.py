@@ -263,29 +263,16 @@ def maml(
     )
 
 
-def fomaml(
-    model: Model,
-    inner_lr: float = 0.01,
-    inner_steps: int = 1,
-    *,
-    loss_fn: LossFn = mse_loss,
-    remat: bool = False,
-    unroll: bool | None = None,
-    truncate: int | None = None,
-    rule: InnerRule | None = None,
-    metric_fn: MetricFn | None = None,
-    adapt_filter: Callable[[str], bool] | None = None,
-) -> MetaLearner:
-    """First-order MAML: MAML whose meta-gradient ignores second derivatives.
+def fomaml(model: Model, inner_lr: float = 0.01, inner_steps: int = 1, **kwargs) -> MetaLearner:
+    """First-order MAML: MAML whose meta-gradient ignores second derivatives (the keywords of
+    :func:`maml`, but ``first_order``).
 
     Example:
       >>> from jmeta.models import mlp
       >>> fomaml(mlp(), inner_lr=0.01, inner_steps=5).inner_steps
       5
     """
-    return maml(model, inner_lr, inner_steps, first_order=True, loss_fn=loss_fn, remat=remat,
-                unroll=unroll, truncate=truncate, rule=rule, metric_fn=metric_fn,
-                adapt_filter=adapt_filter)
+    return maml(model, inner_lr, inner_steps, first_order=True, **kwargs)
 
 
 def metasgd(
@@ -429,7 +416,7 @@ def boil(
 
 
 register("maml", maml)
-register("fomaml", fomaml)
+register("fomaml", maml, fixed={"first_order": True})
 register("metasgd", metasgd)
 register("anil", anil)
 register("boil", boil)
