@@ -115,11 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         return _rows(args)
     try:
         if args.command == "train":
-            overrides = list(args.overrides)
-            if args.data_dir:
-                path = str(Path(args.data_dir).expanduser().absolute())
-                overrides.append(f"data.data_dir={path!r}")
-            cfg = load_config(args.config, overrides)
+            cfg = load_config(args.config, list(args.overrides))
+            if args.data_dir and "data_dir" in cfg.data:  # a task family reads no files
+                cfg = cfg.replace(data=dict(data_dir=str(Path(args.data_dir).expanduser()
+                                                         .absolute())))
             run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
             import jax
 
@@ -193,6 +192,10 @@ def _predict(args) -> int:
         task = model_task(RunDir(args.run_dir).config)
     except (ValueError, FileNotFoundError) as err:
         print(f"jmeta: error: {err}", file=sys.stderr)
+        return 2
+    if not task.classification:
+        print(f"jmeta: error: {args.run_dir} is a {task.cfg.data.name} run; predict labels "
+              "images or texts of a classification run.", file=sys.stderr)
         return 2
     if task.data.encode is not None:
         return _predict_text(args)

@@ -14,7 +14,7 @@ from jmeta.core._checks import check_bool, check_int, check_number
 from jmeta.core._losses import accuracy
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
-from jmeta.inner._lstm import lstm_cell, lstm_init
+from jmeta.inner._lstm import lstm_cell
 from jmeta.models._functional import Model
 
 _EPS = 1e-8
@@ -24,10 +24,16 @@ with small outputs, so the skip connections make FCE start close to the plain em
 
 
 def _cell_init(key: PRNGKey, in_features: int, recurrent: int, hidden: int) -> Params:
-    """One FCE LSTM cell: forget-gate bias 1, candidate weights scaled by
-    :data:`CANDIDATE_INIT_SCALE`."""
-    return lstm_init(key, in_features, hidden, recurrent=recurrent, forget_bias=1.0,
-                     candidate_scale=CANDIDATE_INIT_SCALE)
+    """One FCE LSTM cell (:func:`jmeta.inner.lstm_cell`): the input and recurrent blocks of the
+    kernel drawn from two keys, uniform in ``+-1/sqrt(hidden)``, the candidate gate's weights
+    scaled by :data:`CANDIDATE_INIT_SCALE`, the forget-gate bias 1."""
+    k_in, k_rec = jax.random.split(key)
+    bound = 1.0 / math.sqrt(hidden)
+    blocks = [jax.random.uniform(k, (n, 4 * hidden), jnp.float32, -bound, bound)
+              for k, n in ((k_in, in_features), (k_rec, recurrent))]
+    scale = jnp.repeat(jnp.array([1.0, 1.0, CANDIDATE_INIT_SCALE, 1.0]), hidden)
+    bias = jnp.zeros((4 * hidden,), jnp.float32).at[hidden:2 * hidden].set(1.0)
+    return {"kernel": jnp.concatenate(blocks) * scale, "bias": bias}
 
 
 def fce_support(rule: Params, emb: jax.Array) -> jax.Array:

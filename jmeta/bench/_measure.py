@@ -138,13 +138,13 @@ def synthetic_batch(cfg: Config, spec: dict, key):
     import jax.numpy as jnp
 
     from jmeta.core import Batch, Episode
-    from jmeta.data import sinusoid_tasks
     from jmeta.train._config import train_shots
 
     tasks, shots, queries = cfg.train.meta_batch_size, train_shots(cfg), query_size(spec)
-    if cfg.data.name == "sinusoid":
-        return sinusoid_tasks(key, tasks, shots, queries)
-    image = model_task(cfg).example_shape
+    task = model_task(cfg)
+    if not task.classification:
+        return task.data.sample(key, tasks, shots, queries)
+    image = task.example_shape
     ways = cfg.data.ways
 
     def labelled(k, per_class):

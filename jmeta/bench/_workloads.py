@@ -10,6 +10,7 @@ from typing import Any
 
 from jmeta.algorithms import ALGORITHMS
 from jmeta.core._registry import ConfigError
+from jmeta.models import MODELS
 from jmeta.train import Config, validate
 
 WORKLOADS_FILE = Path(__file__).resolve().parents[1] / "bench_workloads.json"
@@ -161,8 +162,12 @@ def workload_config(spec: dict, *, task_map: str = "auto", remat: bool = False) 
         size, channels = spec.get("size", 28), spec.get("channels", 1)
         data = dict(name=_image_task(channels), image_size=size, ways=spec["ways"],
                     shots=spec["shots"], queries=query_size(spec))
-        model = dict(name=spec.get("model", "conv4"), filters=spec.get("filters", 64),
-                     strided=spec.get("strided", False), conv_impl=spec.get("conv_impl", "auto"))
+        name = spec.get("model", "conv4")
+        model = {k: v for k, v in (("filters", spec.get("filters", 64)),
+                                   ("strided", spec.get("strided", False)),
+                                   ("conv_impl", spec.get("conv_impl", "auto")))
+                 if k in MODELS[name].options}
+        model["name"] = name
     else:
         data = dict(name="sinusoid", shots=spec["shots"], queries=query_size(spec))
         model = dict(name=spec.get("model", "mlp"))

@@ -47,34 +47,22 @@ def preprocess_gradients(x: jax.Array, p: float = 10.0) -> jax.Array:
     return jnp.stack([first, second], axis=-1).astype(x.dtype)
 
 
-def lstm_init(key: PRNGKey, in_features: int, hidden: int, *, recurrent: int | None = None,
-              forget_bias: float | None = None, candidate_scale: float = 1.0) -> dict:
-    """Parameters of one LSTM cell (:func:`lstm_cell`): ``{"kernel": [in + recurrent, 4 *
-    hidden], "bias": [4 * hidden]}``, gates ordered (input, forget, candidate, output).
-
-    Weights are uniform in ``+-1/sqrt(hidden)`` (PyTorch's default). ``forget_bias=None`` draws
-    the bias the same way; a number starts it at zero with the forget gate's at that value.
-    ``candidate_scale`` multiplies the candidate gate's initial weights (small values make the
-    cell start with small outputs). ``recurrent`` is the size of the recurrent input ``h``
-    (default ``hidden``).
+def lstm_init(key: PRNGKey, in_features: int, hidden: int) -> dict:
+    """Parameters of one LSTM cell (:func:`lstm_cell`): ``{"kernel": [in + hidden, 4 * hidden],
+    "bias": [4 * hidden]}``, gates ordered (input, forget, candidate, output), uniform in
+    ``+-1/sqrt(hidden)`` (PyTorch's default).
 
     Example:
       >>> import jax
-      >>> p = lstm_init(jax.random.key(0), 3, 4, recurrent=6, forget_bias=1.0)
-      >>> p["kernel"].shape, p["bias"][4:8].tolist()
-      ((9, 16), [1.0, 1.0, 1.0, 1.0])
+      >>> p = lstm_init(jax.random.key(0), 3, 4)
+      >>> p["kernel"].shape, p["bias"].shape
+      ((7, 16), (16,))
     """
-    recurrent = hidden if recurrent is None else recurrent
     bound = 1.0 / math.sqrt(hidden)
     k_kernel, k_bias = jax.random.split(key)
-    kernel = jax.random.uniform(k_kernel, (in_features + recurrent, 4 * hidden), jnp.float32,
+    kernel = jax.random.uniform(k_kernel, (in_features + hidden, 4 * hidden), jnp.float32,
                                 -bound, bound)
-    if candidate_scale != 1.0:
-        kernel = kernel * jnp.repeat(jnp.array([1.0, 1.0, candidate_scale, 1.0]), hidden)
-    if forget_bias is None:
-        bias = jax.random.uniform(k_bias, (4 * hidden,), jnp.float32, -bound, bound)
-    else:
-        bias = jnp.zeros((4 * hidden,), jnp.float32).at[hidden:2 * hidden].set(forget_bias)
+    bias = jax.random.uniform(k_bias, (4 * hidden,), jnp.float32, -bound, bound)
     return {"kernel": kernel, "bias": bias}
 
 

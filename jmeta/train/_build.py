@@ -69,8 +69,10 @@ class Task:
 
 
 def queries(cfg: Config) -> int:
-    """Query examples per class (points, for regression) of the training episodes."""
-    return cfg.data.queries or cfg.data.shots
+    """Query examples per class (points, for regression) of the training episodes: 0 means
+    15 for a classification dataset, as many as the shots for a task family."""
+    tasks = DATASETS[cfg.data.name].attributes["kind"] == "tasks"
+    return cfg.data.queries or (cfg.data.shots if tasks else 15)
 
 
 def test_ways(cfg: Config) -> int:

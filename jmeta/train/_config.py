@@ -339,7 +339,9 @@ def validate(cfg: Config) -> Config:
     """
     if not isinstance(cfg.name, str) or not cfg.name:
         raise ConfigError(f"name must be a non-empty string; got {cfg.name!r}.")
-    import_plugins(cfg.imports)
+    imports = tuple(str(Path(i).resolve()) if isinstance(i, str) and i.endswith(".py") else i
+                    for i in cfg.imports)  # a run directory's config.json finds them anywhere
+    import_plugins(imports)
     data = _component(cfg, "data")
     kind = DATASETS[data["name"]].attributes["kind"]
     model = _component(cfg, "model")
@@ -350,7 +352,7 @@ def validate(cfg: Config) -> Config:
     rule = _component(cfg, "rule")
     loop = {k: _resolve(k, getattr(cfg, k), LOOP[k]) for k in LOOP}
     _check_loop(data, kind, loop["optimizer"], loop["train"], loop["eval"])
-    return Config(name=cfg.name, imports=cfg.imports, data=data, model=model, learner=learner,
+    return Config(name=cfg.name, imports=imports, data=data, model=model, learner=learner,
                   rule=rule, **loop)
 
 
@@ -398,6 +400,7 @@ def train_shots(cfg: Config) -> int:
 # Options a resumed run may change: they do not alter the trajectory of meta-training (task map,
 # chunk sizes and the convolution implementation change how the same values are computed).
 RESUMABLE = frozenset({
+    "learner.unroll", "learner.head_features",
     "name", "imports", "train.task_map", "train.chunk_size", "eval.chunk_size",
     "model.conv_impl", "train.meta_steps", "train.log_every", "train.save_every",
     "train.keep_checkpoints", "eval.tasks", "eval.steps", "eval.queries", "eval.split",

@@ -129,7 +129,7 @@ def evaluate(
     changes = {"eval": {k: v for k, v in (("ways", ways), ("queries", queries),
                                           ("chunk_size", chunk_size)) if v is not None},
                "data": {"shots": k_shot} if k_shot is not None else {}}
-    if data_dir:
+    if data_dir and "data_dir" in cfg.data:  # a task family reads no files
         changes["data"]["data_dir"] = str(Path(data_dir).expanduser().absolute())
     cfg = check_config(cfg.replace(**{k: v for k, v in changes.items() if v}))
     cfg = test_config(cfg)
