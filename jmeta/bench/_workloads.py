@@ -19,7 +19,7 @@ WORKLOADS_FILE = Path(__file__).resolve().parents[1] / "bench_workloads.json"
 SPEC_KEYS = frozenset({
     "algorithm", "model", "filters", "strided", "size", "channels", "hidden", "ways", "shots",
     "queries", "meta_batch", "inner_steps", "inner_lr", "inner_batch", "remat", "task_map",
-    "conv_impl",
+    "conv_impl", "inner_rule", "inner_beta1", "meta_optimizer", "meta_lr",
 })
 
 
@@ -135,9 +135,10 @@ def workload_config(spec: dict, *, task_map: str = "auto", remat: bool = False) 
     An entry with ``size`` and ``channels`` is an image classification task shaped like
     Omniglot (1 channel) or miniImageNet (3 channels); an ``mlp`` entry without them is sinusoid
     regression. ``shots``/``queries`` are per class, ``meta_batch`` is the number of tasks per
-    meta-step. Reptile takes inner Adam (beta1 0) on minibatches of ``inner_batch`` drawn from
-    ``shots`` train shots per class, and an outer SGD step of 1.0; everything else Adam 1e-3.
-    ``spec`` may also set ``remat`` and ``task_map``, which take precedence over the arguments.
+    meta-step. ``inner_rule``/``inner_beta1`` choose the inner rule (the Reptile entries: Adam,
+    beta1 0, on minibatches of ``inner_batch``), ``meta_optimizer``/``meta_lr`` the outer one
+    (default Adam 1e-3; Reptile: an SGD step of 1.0). ``spec`` may also set ``remat`` and
+    ``task_map``, which take precedence over the arguments.
 
     Example:
       >>> cfg = workload_config(load_workloads()["maml_omniglot_5w1s"])
@@ -174,12 +175,18 @@ def workload_config(spec: dict, *, task_map: str = "auto", remat: bool = False) 
     if "hidden" in spec:
         model["hidden"] = tuple(spec["hidden"])
     values = dict(name="bench", data=data, model=model, train=train)
-    if alg == "reptile":
-        values.update(rule=dict(name="adam", b1=0.0), optimizer=dict(name="sgd", lr=1.0))
-        data["train_shots"] = spec["shots"]
-        learner["inner_batch"] = spec.get("inner_batch") or None
-    elif "inner_batch" in spec:
-        raise ConfigError("inner_batch is a reptile option (inner-loop minibatches).")
+    if "inner_rule" in spec:
+        rule = dict(name=spec["inner_rule"])
+        if "inner_beta1" in spec:
+            rule["b1"] = spec["inner_beta1"]
+        values["rule"] = rule
+    values["optimizer"] = dict(name=spec.get("meta_optimizer", "adam"),
+                               lr=spec.get("meta_lr", 1e-3))
+    if "inner_batch" in spec:
+        if "inner_batch" not in options:
+            raise ConfigError(f"inner_batch (inner-loop minibatches) is not an option of {alg!r}.")
+        learner["inner_batch"] = spec["inner_batch"] or None
+        data["train_shots"] = spec["shots"]  # minibatches drawn from the training shots
     return validate(Config(**values, learner=dict(name=alg, **learner)))
 
 
