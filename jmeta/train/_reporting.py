@@ -66,13 +66,32 @@ def _cell(r: dict) -> str:
     return f"{r['mean']:.3f} +- {r['ci95']:.3f}"
 
 
+def _checkpoint_line(ev: dict) -> str:
+    """Which checkpoint was tested: for classification the validation accuracy; for regression
+    (scored by minus the query MSE, higher is better) the validation tasks' MSE."""
+    if ev.get("ways"):
+        return (f"checkpoint: step {ev['checkpoint_step']}, the best on the validation classes "
+                f"({ev['val_score']:.2f})")
+    return (f"checkpoint: step {ev['checkpoint_step']}, the best on the validation tasks "
+            f"(query MSE {-ev['val_score']:.3f})")
+
+
 def format_table(ev: dict) -> str:
-    """A Markdown table of an ``eval.json``: one row per method, one column per step count."""
+    """A Markdown table of an ``eval.json``: one row per method, one column per step count.
+
+    Example:
+      >>> ev = dict(steps=[1], task="sinusoid", k_shot=10, metric="query MSE", num_tasks=600,
+      ...           query_points=100, results={"maml": {"1": dict(mean=0.35, ci95=0.02, n=600)}},
+      ...           checkpoint="best", checkpoint_step=400, val_score=-0.33)
+      >>> print(format_table(ev).splitlines()[-1])
+      checkpoint: step 400, the best on the validation tasks (query MSE 0.330)
+    """
     steps = ev["steps"]
     if ev.get("ways"):
         head = (
-            f"{ev['task']} {ev['ways']}-way {ev['k_shot']}-shot, {ev['split']} classes: {ev['metric']} "
-            f"on {ev['num_tasks']} tasks ({ev['query_points']} queries per class), mean +- 95% CI\n\n"
+            f"{ev['task']} {ev['ways']}-way {ev['k_shot']}-shot, {ev['split']} classes: "
+            f"{ev['metric']} on {ev['num_tasks']} tasks ({ev['query_points']} queries per "
+            "class), mean +- 95% CI\n\n"
         )
     else:
         head = (
@@ -85,8 +104,7 @@ def format_table(ev: dict) -> str:
         cells = [_cell(res[str(s)]) for s in steps]
         lines.append("| " + " | ".join([method] + cells) + " |")
     if ev.get("checkpoint") == "best":
-        lines.append(f"\ncheckpoint: step {ev['checkpoint_step']}, the best on the validation "
-                     f"classes ({ev['val_score']:.2f})")
+        lines.append("\n" + _checkpoint_line(ev))
     if ev["num_tasks"] < 600:
         lines.append(f"\nnote: {ev['num_tasks']} test tasks; the full protocol uses at least 600.")
     if ev.get("pretrained_lr"):
