@@ -213,9 +213,12 @@ def _convert(image, fmt: dict) -> np.ndarray:
     from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            im = im.convert(fmt["mode"])
-            im.load()
+        try:
+            with Image.open(image) as im:
+                im = im.convert(fmt["mode"])
+                im.load()
+        except (OSError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
+            raise ValueError(f"Cannot read the image {image}: {err}") from None
     elif isinstance(image, Image.Image):
         im = image.convert(fmt["mode"])
     else:

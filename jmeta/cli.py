@@ -208,11 +208,16 @@ def _predict(args) -> int:
     if problems:
         print("jmeta: error: " + "; ".join(problems) + ".", file=sys.stderr)
         return 2
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for c in sorted(p for p in support.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found = _image_files(c)
         files += found
         labels += [c.name] * len(found)
+        empty += [] if found else [str(c)]
+    if empty and files:
+        print(f"jmeta: error: the support class folder {empty[0]} holds no images (extensions "
+              "PIL reads: .png, .jpg, ...); add some or remove the folder.", file=sys.stderr)
+        return 2
     queries = [query] if query.is_file() else _image_files(query)
     if not files or not queries:
         what = "support class subfolders with images" if not files else "query images"
@@ -223,8 +228,9 @@ def _predict(args) -> int:
     checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
     try:
         learner = jmeta.load(args.run_dir, checkpoint=checkpoint)
+        query_x = learner.preprocess(queries)  # every file read before anything compiles
         adapted = learner.adapt(files, labels, inner_steps=args.steps)
-        probs = adapted.predict_proba(queries)
+        probs = adapted.predict_proba(query_x)
     except (ValueError, FileNotFoundError) as err:
         print(f"jmeta: error: {err}", file=sys.stderr)
         return 2

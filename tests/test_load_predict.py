@@ -123,3 +123,20 @@ def test_predict_command_errors(tmp_path, capsys):
     assert main(["predict", str(run), "--support", str(tmp_path / "empty"),
                  "--query", str(tmp_path)]) == 2
     assert "found no support class subfolders" in capsys.readouterr().err
+
+
+def test_predict_names_an_unreadable_image_and_an_empty_class_folder(tmp_path, pages, capsys):
+    run, *_ = _run(tmp_path, "protonets")
+    support, query = tmp_path / "support", tmp_path / "query"
+    for i, name in enumerate(["cat", "dog", "owl"]):
+        (support / name).mkdir(parents=True)
+        Image.fromarray(pages[i]).save(support / name / "1.png")
+    query.mkdir()
+    (query / "broken.png").write_bytes(b"not an image")
+    assert main(["predict", str(run), "--support", str(support), "--query", str(query)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "broken.png" in err and "Cannot read the image" in err, err
+    (support / "emu").mkdir()
+    assert main(["predict", str(run), "--support", str(support), "--query", str(query)]) == 2
+    err = capsys.readouterr().err
+    assert "emu" in err and "holds no images" in err, err
