@@ -272,6 +272,18 @@ def test_evaluation_tests_the_best_validation_checkpoint(tmp_path):
         evaluate(run, num_tasks=20, checkpoint=7)
     with pytest.raises(ConfigError, match="cannot be tested 3-way"):
         evaluate(run, num_tasks=20, ways=3)
+    # The same run as an interrupted one leaves it (no final parameters, no results.json): its
+    # step checkpoints still evaluate, and "final" says the run has not finished.
+    import shutil
+
+    cut = tmp_path / "interrupted"
+    shutil.copytree(run, cut)
+    shutil.rmtree(cut / "checkpoints" / "meta")
+    (cut / "results.json").unlink()
+    again = evaluate(cut, num_tasks=20, steps=(1,), baseline=False)
+    assert (again["checkpoint_step"], again["results"]) == (best, ev["results"])
+    with pytest.raises(FileNotFoundError, match="has not finished.*--checkpoint STEP or best"):
+        evaluate(cut, num_tasks=20, steps=(1,), baseline=False, checkpoint="final")
 
 
 def test_frozen_leaves_are_not_saved_and_come_back_from_the_initial_parameters(tmp_path):

@@ -198,8 +198,12 @@ class RunDir:
         if step is None:
             final = self.checkpoints / "meta"
             if not final.exists():
-                raise FileNotFoundError(f"No checkpoint at {final}: was the run finished? "
-                                        "Re-run `jmeta train` for it.")
+                steps = self.steps()
+                saved = (f"its step checkpoints ({', '.join(map(str, steps))}) evaluate with "
+                         "--checkpoint STEP or best" if steps else "it saved no checkpoint yet")
+                raise FileNotFoundError(
+                    f"The run in {self.path} has not finished (no final meta-parameters at "
+                    f"{final}): {saved}; `jmeta train` on the same --run-dir resumes it.")
             params = restore_tree(final, jax.eval_shape(learner.init, key), frozen=frozen,
                                   frozen_values=lambda: learner.init(key))
             return params, self.final_step()
