@@ -9,8 +9,9 @@ components:
 * ``env.build(factory, options, network=...)``: the generic path, the factory called on the
   configured model with the options and the supplied arguments;
 * ``env.model(network)``: the configured model, ``"classifier"`` (a head over the episode's
-  classes, or the regression target) or ``"embedding"`` (no head: the learner builds its
-  classifier from the support set, and its tasks share the network's weights);
+  classes, or the regression target), ``"embedding"`` (no head: the learner builds its
+  classifier from the support set, and its tasks share the network's weights) or ``"lm"`` (a
+  language model's next-token logits, shared weights: in-context learners such as MetaICL);
 * ``env.ways``, ``env.loss_fn``, ``env.metric_fn``, ``env.input_shape``, ``env.support_size``
   (support examples of a training episode), ``env.meta_steps``, ``env.base_classes()``;
 * ``env.rule(lr, inner_steps)``: the configured inner rule, or ``None`` for the learner's own.
@@ -29,7 +30,7 @@ RESERVED = ("model", "ways", "loss_fn", "metric_fn", "rule", "adapt_filter", "nu
 ALGORITHMS = Registry("algorithm", reserved=RESERVED)
 """``name -> builder(env, **options) -> MetaLearner``."""
 
-NETWORKS = ("classifier", "embedding")
+NETWORKS = ("classifier", "embedding", "lm")
 
 
 def register(name: str, factory: Callable | None = None, *, network: str = "classifier",

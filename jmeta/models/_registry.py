@@ -19,6 +19,8 @@ class ModelSpec(NamedTuple):
         the support set).
       shared_weights: the learner's tasks all use the network's meta-parameters (metric learners,
         transfer baselines), rather than adapting weights of their own.
+      next_tokens: the learner reads a language model's next-token logits ``[..., L, vocab]``
+        (MetaICL); only models registered with ``language_model=True`` give them.
 
     Example:
       >>> ModelSpec((28, 28, 1), "images", 5).outputs
@@ -29,6 +31,7 @@ class ModelSpec(NamedTuple):
     inputs: str
     outputs: int | None
     shared_weights: bool = False
+    next_tokens: bool = False
 
 
 MODELS = Registry("model", reserved=("spec",))

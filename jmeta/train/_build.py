@@ -257,7 +257,7 @@ def _model(options: Section, spec: ModelSpec):
         model = entry.builder(spec, **given)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         raise ConfigError(f"model {options.name!r}: {err}") from err
-    if options.dtype != "float32":
+    if options.dtype != "float32" and "dtype" not in entry.options:  # else the model's own
         if not hasattr(model, "eval_apply"):
             raise ConfigError(f"model {options.name!r} computes in float32 only: leave "
                               "model.dtype='float32'.")
@@ -331,16 +331,22 @@ class BuildEnv:
     def model(self, network: str = "classifier"):
         """The configured model: a ``"classifier"`` (a head of the episode's classes, or of
         the regression target) or an ``"embedding"`` network."""
-        shared = network == "embedding"
+        shared = network in ("embedding", "lm")
         if shared:
             outputs = None
         else:
             outputs = self.ways if self.task.classification else self.task.data.outputs
         options = self.cfg.model
+        if network == "lm" and not MODELS[options.name].attributes.get("language_model"):
+            lms = [n for n in MODELS.names() if MODELS[n].attributes.get("language_model")]
+            raise ConfigError(f"learner {self.cfg.learner.name!r} reads a language model's "
+                              f"next-token logits; model {options.name!r} is not one: use "
+                              f"model name {' or '.join(map(repr, lms))}.")
         if options.get("conv_impl") == "auto":  # native convolutions for shared weights
             options = options.replace(conv_impl="xla" if shared else default_conv_impl())
         self.conv_impl = options.get("conv_impl")
-        spec = ModelSpec(self.input_shape, self.task.data.inputs, outputs, shared)
+        spec = ModelSpec(self.input_shape, self.task.data.inputs, outputs, shared,
+                         next_tokens=network == "lm")
         self.network = network
         self.train_model = _model(options, spec)
         self.model_built = test_mode(self.train_model) if self.test else self.train_model
