@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="start N processes on this machine (loopback) that train as one run; "
                         "under a cluster launcher set JAX_NUM_PROCESSES, JAX_PROCESS_ID and "
                         "JAX_COORDINATOR_ADDRESS (or use Slurm/Open MPI) instead")
+    t.add_argument("--track", default="jsonl",
+                   help="trackers, comma-separated: jsonl (the run directory's files, always "
+                        "written), tensorboard (<run>/tensorboard), mlflow (default: jsonl)")
+    t.add_argument("--track-uri",
+                   help="MLflow tracking URI, e.g. http://host:5000 (default: "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///<run dir's parent>/mlflow.db)")
 
     e = sub.add_parser("eval", help="meta-test a run directory: mean and 95%% CI over new tasks")
     e.add_argument("run_dir")
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jmeta: error: {err}", file=sys.stderr)
             return 2
     from jmeta.train import ConfigError, evaluate, format_table, load_config, train
+    from jmeta.train import eval_metrics, open_tracking
 
     if args.command == "data":
         return _data(args)
@@ -120,31 +127,39 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = cfg.replace(data=dict(data_dir=str(Path(args.data_dir).expanduser()
                                                          .absolute())))
             run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            tracking = open_tracking(args.track, uri=args.track_uri)  # a missing package: now
             import jax
 
             if jax.process_index() == 0:
                 print(f"jmeta: training {cfg.learner.name} on {cfg.data.name} into {run_dir}",
                       file=sys.stderr)
-            res = train(cfg, run_dir, progress=not args.no_progress)
-            if "process_index" in res or res.get("preempted"):
-                return 0
-            if res.get("already_complete"):
-                print(f"{run_dir} already holds the finished run ({res['steps']} steps); nothing "
-                      "was changed. `jmeta eval` meta-tests it again.", file=sys.stderr)
-                return 0
-            if res["steps"] == 0:
-                print("train.meta_steps=0: no meta-training; the initial meta-parameters are "
-                      "evaluated")
-            else:
-                print(
-                    f"trained {res['steps']} steps in {res['train_s']:.1f} s "
-                    f"({res['steps_per_sec']:.3g} steps/s, compile {res['compile_s']:.1f} s); "
-                    f"final query loss {res['final_loss']:.4f}"
-                )
-            if jax.process_count() > 1:
-                return 0  # the launcher (or the user) meta-tests the finished run
-            if not args.no_eval:
-                print(format_table(evaluate(run_dir)))
+            with tracking:  # closed on every way out; "FAILED" on an exception
+                res = train(cfg, run_dir, progress=not args.no_progress, tracker=tracking)
+                if res.get("preempted"):
+                    tracking.close("KILLED")
+                if "process_index" in res or res.get("preempted"):
+                    return 0
+                if res.get("already_complete"):
+                    print(f"{run_dir} already holds the finished run ({res['steps']} steps); "
+                          "nothing was changed. `jmeta eval` meta-tests it again.", file=sys.stderr)
+                    return 0
+                if res["steps"] == 0:
+                    print("train.meta_steps=0: no meta-training; the initial meta-parameters are "
+                          "evaluated")
+                else:
+                    print(
+                        f"trained {res['steps']} steps in {res['train_s']:.1f} s "
+                        f"({res['steps_per_sec']:.3g} steps/s, compile {res['compile_s']:.1f} s); "
+                        f"final query loss {res['final_loss']:.4f}"
+                    )
+                if jax.process_count() > 1:
+                    tracking.log_artifacts(run_dir)
+                    return 0  # the launcher (or the user) meta-tests the finished run
+                if not args.no_eval:
+                    ev = evaluate(run_dir)
+                    tracking.log_metrics(res["steps"], eval_metrics(ev))
+                    print(format_table(ev))
+                tracking.log_artifacts(run_dir)
         else:
             steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
             checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint

@@ -23,5 +23,10 @@ from jmeta.train._reporting import paired_difference as paired_difference
 from jmeta.train._rundir import RunDir as RunDir
 from jmeta.train._rundir import environment as environment
 from jmeta.train._rundir import git_commit as git_commit
+from jmeta.train._tracking import TRACKERS as TRACKERS
+from jmeta.train._tracking import Tracker as Tracker
+from jmeta.train._tracking import Tracking as Tracking
+from jmeta.train._tracking import eval_metrics as eval_metrics
+from jmeta.train._tracking import open_tracking as open_tracking
 from jmeta.train._training import NonFiniteLossError as NonFiniteLossError
 from jmeta.train._training import train as train

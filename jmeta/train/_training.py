@@ -48,6 +48,7 @@ from jmeta.train._config import Config, incompatible_fields
 from jmeta.train._eval import train_pretrained
 from jmeta.train._evaluation import BASELINE_STREAM, BN_STREAM, seed_key, validation_score
 from jmeta.train._rundir import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, RunDir, environment
+from jmeta.train._tracking import Tracker, Tracking
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -186,6 +187,7 @@ def train(
     *,
     progress: bool = True,
     step_hook: Callable[[int, MetaState], MetaState] | None = None,
+    tracker: Tracker | None = None,
 ) -> dict:
     """Meta-trains ``cfg`` into ``run_dir`` and returns the final results.
 
@@ -203,6 +205,9 @@ def train(
     scheduler's grace period; the best checkpoint is chosen among validated steps). A
     non-finite loss raises :class:`NonFiniteLossError` and leaves the last good checkpoint.
     ``step_hook(step, state) -> state`` (optional) sees the state after every step.
+    ``tracker`` (optional, e.g. :func:`jmeta.train.open_tracking`; process 0 only) is started
+    with the config and the environment and gets every ``metrics.jsonl`` row; the caller logs
+    the artifacts and closes it (``jmeta train`` does, after the meta-test).
 
     Example (a few seconds on a CPU)::
 
@@ -242,6 +247,8 @@ def train(
         raise ConfigError(str(err)) from err
     sharded = mesh.size > 1
     lead = jax.process_index() == 0  # only process 0 writes logs and results
+    if tracker is None or not lead:
+        tracker = Tracking()  # tracks nothing
     run_dir.mkdir(parents=True, exist_ok=True)
     if lead:
         (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -253,6 +260,7 @@ def train(
     frozen = frozen_meta(setup.model)
     state = init_state(learner, optimizer, seed_key(cfg))
     if cfg.train.meta_steps == 0:
+        _start_tracking(tracker, cfg, run_dir, 0)
         return _untrained(cfg, run_dir, state, lead, task_map, frozen)
     train_sampler, host = training_batches(task, learner)
     if sharded:
@@ -283,6 +291,7 @@ def train(
                 print(f"jmeta: resuming {run_dir} from step {start_step}", file=sys.stderr)
     if lead:
         _truncate_metrics(run_dir / METRICS_FILE, start_step)
+    _start_tracking(tracker, cfg, run_dir, start_step)  # its own thread: compiling goes on
     if start_step:
         history.append(start_step)
 
@@ -345,6 +354,7 @@ def train(
                         row["val_score"] = row_score
                     log.write(json.dumps(row) + "\n")
                     log.flush()
+                    tracker.log_metrics(step, {k: v for k, v in row.items() if k != "step"})
                     if saving and row_score is not None:
                         last_val = (f"{row_score:.2f}" if task.classification
                                     else f"mse {-row_score:.3g}")
@@ -418,6 +428,12 @@ def train(
     }
     (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _start_tracking(tracker: Tracker, cfg: Config, run_dir: Path, start_step: int) -> None:
+    tracker.start(run_dir, name=cfg.name, resume_step=start_step)
+    tracker.log_params(cfg.flat())
+    tracker.set_tags(environment())
 
 
 def _untrained(cfg: Config, run_dir: Path, state: MetaState, lead: bool, task_map: str,
