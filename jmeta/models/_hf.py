@@ -314,7 +314,17 @@ def from_pretrained(path: str | os.PathLike, *, key: jax.Array | None = None,
 
 def check_mesh(cfg: DecoderConfig, mesh: jax.sharding.Mesh, model_axis: str = "model") -> None:
     """A ``ValueError`` for a mesh without ``model_axis`` or whose size there does not divide
-    the attention heads."""
+    the attention heads.
+
+    Example:
+      >>> import jax
+      >>> cfg = DecoderConfig("llama", 96, 32, 2, 4, 64, num_kv_heads=2)
+      >>> check_mesh(cfg, jax.sharding.AbstractMesh((2, 2), ("data", "model")))
+      >>> check_mesh(cfg, jax.sharding.AbstractMesh((1, 8), ("data", "model")))
+      Traceback (most recent call last):
+        ...
+      ValueError: a model axis of size 8 does not divide the 4 attention heads of this llama model; choose a model axis among the divisors of 4.
+    """
     if model_axis not in mesh.shape:
         raise ValueError(f"mesh axes {tuple(mesh.shape)} have no {model_axis!r} axis to split "
                          "the model over.")
@@ -332,7 +342,10 @@ def _pretrained_backbone(folder: str, dtype: str) -> tuple[DecoderConfig, Params
 
 @functools.lru_cache(maxsize=4)
 def _random_backbone(cfg: DecoderConfig, seed: int, dtype: str) -> Params:
-    return init_backbone(cfg, jax.random.key(seed), jnp.dtype(dtype))
+    # Concrete arrays even when first asked for inside a trace (jax.eval_shape of an init):
+    # the cache must never keep tracers.
+    with jax.ensure_compile_time_eval():
+        return init_backbone(cfg, jax.random.key(seed), jnp.dtype(dtype))
 
 
 @register("decoder", language_model=True)
@@ -340,7 +353,8 @@ def _from_config(spec: ModelSpec, *, path: str = "", arch: dict | None = None, a
                  scoring: str = "head", labels: Sequence = (), lora_rank: int = 8,
                  lora_alpha: float = 16.0, lora_targets: Sequence[str] = ("q", "v"),
                  lora_layers: int | None = None, dtype: str = "float32", remat: bool = False,
-                 pad_token_id: int | None = None, zero_head: bool = False) -> Model:
+                 pad_token_id: int | None = None, zero_head: bool = False,
+                 train_backbone: bool = False) -> Model:
     """``model=dict(name="decoder", ...)``: a decoder on the dataset's token ids.
 
     ``path``: a Hugging Face checkpoint folder; or ``arch``: the keys of a ``config.json``
@@ -349,7 +363,8 @@ def _from_config(spec: ModelSpec, *, path: str = "", arch: dict | None = None, a
     hidden state (``scoring="head"``) or the language model's scores of the verbalisers
     ``labels`` (token ids, one or a sequence per class): ``"direct"`` ``log p(label | x)`` or
     ``"channel"`` ``log p(x | label)``. An embedding network is the last hidden state; an
-    in-context learner (MetaICL) gets the next-token logits.
+    in-context learner (MetaICL) gets the next-token logits. ``train_backbone=True`` trains
+    every weight of the decoder (full-parameter MetaICL; ``lora_targets=()`` then adds none).
     """
     if spec.inputs != "tokens" or len(spec.input_shape) != 1:
         raise ValueError(f"model 'decoder' reads token ids [length]; the dataset gives "
@@ -372,7 +387,7 @@ def _from_config(spec: ModelSpec, *, path: str = "", arch: dict | None = None, a
         backbone = lambda: _random_backbone(cfg, int(arch_seed), dtype)  # noqa: E731
     common = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=tuple(lora_targets),
                   lora_layers=lora_layers, dtype=dtype, remat=remat,
-                  pad_token_id=pad_token_id)
+                  pad_token_id=pad_token_id, train_backbone=train_backbone)
     length = spec.input_shape[0]
     if spec.next_tokens or spec.outputs is None or scoring == "head":
         if length > cfg.max_positions:
