@@ -9,6 +9,7 @@ Layout (written by :func:`jmeta.train.train`)::
     checkpoints/steps    Orbax checkpoints of the training state (the last few and the best)
     checkpoints/meta     the final meta-parameters
     checkpoints/pretrained   the regression baseline's parameters (sinusoid)
+    process.json         the process that trains or last trained it (host, pid, start, end)
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import functools
 import json
 import os
 import platform
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import jax
@@ -32,6 +35,11 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 EVAL_FILE = "eval.json"
+PROCESS_FILE = "process.json"
+
+# A run that no local process is known to train counts as running while its files changed in
+# the last ACTIVE_S seconds (or three times its longest gap between two logged rows, if longer).
+ACTIVE_S = 600.0
 
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,6 +85,102 @@ def environment() -> dict:
         "python": platform.python_version(),
         "commit": git_commit(),
     }
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch, from Linux's ``/proc``); ``inf``
+    for a zombie (it exited, unreaped), ``None`` where ``/proc`` cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            return float("inf")
+        boot = next(float(line.split()[1]) for line in
+                    Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def training_process_alive(info: dict) -> bool | None:
+    """Whether the process a ``process.json`` names is still alive: ``None`` when this machine
+    cannot tell (another host, or no ``os.kill(pid, 0)`` probe). A pid reused by a process
+    that started after the run's process is not taken for it.
+
+    Example:
+      >>> import os, socket, time
+      >>> training_process_alive({"pid": os.getpid(), "host": socket.gethostname(),
+      ...                         "started": time.time()})
+      True
+    """
+    if info.get("host") != socket.gethostname() or os.name == "nt":  # nt: kill(pid, 0) kills
+        return None
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    begun = _process_start(int(info["pid"]))
+    # /proc's boot time is whole seconds: 2 s of slack.
+    return begun is None or begun <= float(info.get("started", float("inf"))) + 2.0
+
+
+def records_process(train_fn):
+    """Decorates :func:`jmeta.train.train`: when it starts (before data loading and compiling),
+    ``process.json`` in the run directory names the process (``pid``, ``host``, ``started``);
+    when it returns or raises, ``ended`` is added. :meth:`RunDir.status` reads it to tell a run
+    being trained from an interrupted one; a killed process leaves it without ``ended``. Only
+    process 0 of a multi-process run writes it; a file that names another live process is left
+    alone. A directory created only for the file is removed again when the call fails before
+    writing anything else."""
+
+    @functools.wraps(train_fn)
+    def train(cfg, run_dir, *args, **kwargs):
+        run_dir = Path(run_dir)
+        marker = run_dir / PROCESS_FILE
+        if jax.process_index() != 0:
+            return train_fn(cfg, run_dir, *args, **kwargs)
+        try:
+            other = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            other = None
+        if (other and not other.get("ended") and other.get("pid") != os.getpid()
+                and training_process_alive(other)):
+            return train_fn(cfg, run_dir, *args, **kwargs)
+        created = []
+        d = run_dir
+        while not d.exists():
+            created.append(d)
+            d = d.parent
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps(mine) + "\n")
+            os.replace(tmp, marker)
+        except OSError:
+            mine = None  # a read-only place: training reports the error itself
+        try:
+            return train_fn(cfg, run_dir, *args, **kwargs)
+        finally:
+            try:
+                if mine and json.loads(marker.read_text()) == mine:
+                    if created and [f.name for f in run_dir.iterdir()] == [PROCESS_FILE]:
+                        marker.unlink()  # failed before writing anything: leave no folder
+                    else:
+                        tmp.write_text(json.dumps(dict(mine, ended=time.time())) + "\n")
+                        os.replace(tmp, marker)
+            except (OSError, ValueError):
+                pass
+            for d in created:  # the deepest first; stops at the first one that holds files
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+
+    return train
 
 
 class RunDir:
@@ -125,11 +229,58 @@ class RunDir:
         return self._json(EVAL_FILE)
 
     def metrics(self) -> list[dict]:
-        """The rows of ``metrics.jsonl``, in order."""
+        """The rows of ``metrics.jsonl``, in order (of a running run, without a last line still
+        being written)."""
         f = self.path / METRICS_FILE
         if not f.exists():
             return []
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        lines = [line for line in f.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in lines[:-1]]
+        try:
+            return rows + [json.loads(line) for line in lines[-1:]]
+        except ValueError:
+            return rows
+
+    def process(self) -> dict | None:
+        """``process.json``: the process that trains or last trained the run (``pid``,
+        ``host``, ``started``, and ``ended`` once :func:`jmeta.train.train` returned or
+        raised), or ``None``."""
+        try:
+            return self._json(PROCESS_FILE)
+        except ValueError:
+            return None
+
+    def status(self, *, now: float | None = None) -> str:
+        """``"finished"`` (``results.json`` written), ``"running"`` or ``"interrupted"``.
+
+        Running: ``process.json`` names a process that has not ended (:func:`jmeta.train.train`
+        adds ``ended`` when it returns or raises) and, on this machine, is alive (a killed
+        process leaves a dead pid; a reused pid belongs to a process started later). Where
+        this machine cannot check the process (another host on a shared file system), or for
+        a run without ``process.json`` (trained before it existed), running means that the
+        run's files (``metrics.jsonl``, ``process.json``, the step checkpoints) changed in the
+        last :data:`ACTIVE_S` seconds, or three times the run's longest gap between logged
+        rows if that is longer.
+
+        Example::
+
+            RunDir("runs/demo").status()   # 'interrupted'
+        """
+        if (self.path / RESULTS_FILE).exists():
+            return "finished"
+        proc = self.process()
+        if proc and proc.get("ended"):
+            return "interrupted"
+        alive = training_process_alive(proc) if proc else None
+        if alive is not None:
+            return "running" if alive else "interrupted"
+        times = [r.get("time") for r in self.metrics() if isinstance(r.get("time"), (int, float))]
+        gaps = [b - a for a, b in zip(times, times[1:]) if b > a]
+        window = max([ACTIVE_S] + [3.0 * g for g in gaps])
+        files = [self.path / METRICS_FILE, self.path / PROCESS_FILE, self.checkpoints / STEPS_DIR]
+        changed = [f.stat().st_mtime for f in files if f.exists()]
+        now = time.time() if now is None else now
+        return "running" if changed and now - max(changed) < window else "interrupted"
 
     def final_step(self) -> int | None:
         """The number of meta-steps of the finished run, or ``None``."""

@@ -47,7 +47,8 @@ from jmeta.train._checkpoint import STEPS_DIR, RunCheckpoints, abstract_state, l
 from jmeta.train._config import Config, incompatible_fields
 from jmeta.train._eval import train_pretrained
 from jmeta.train._evaluation import BASELINE_STREAM, BN_STREAM, seed_key, validation_score
-from jmeta.train._rundir import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, RunDir, environment
+from jmeta.train._rundir import (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, RunDir, environment,
+                                  records_process)
 from jmeta.train._tracking import Tracker, Tracking
 
 
@@ -181,6 +182,7 @@ def _sampler_with(sampler: HostSampler, **changes) -> HostSampler:
     return HostSampler(sampler.ds, sampler.ways, sampler.shots, sampler.queries, num_tasks, **kwargs)
 
 
+@records_process  # process.json while it trains: RunDir.status() tells running runs
 def train(
     cfg: Config,
     run_dir: str | Path,
