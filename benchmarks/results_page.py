@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jmeta.train import Config, RunDir, paired_difference  # noqa: E402
+from jmeta.train import Config, RunDir, paired_difference, plot_curves  # noqa: E402
 
 CLASSIFICATION = ("omniglot", "miniimagenet", "cifar_fs", "fc100", "tieredimagenet")
 
@@ -97,34 +97,21 @@ def record(run_dir: Path, records: Path) -> Path:
     return out
 
 
-def plot(runs: list[dict], path: Path) -> bool:
+def _plot(runs: list[dict], path: Path, **kwargs) -> bool:
+    """Learning curves drawn by :func:`jmeta.train.plot_curves` (the same as ``jmeta plot``);
+    without matplotlib the page is written without them, saying so."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        plot_curves([r["dir"] for r in runs], path, **kwargs)
+    except ModuleNotFoundError as err:
+        print(f"results page: no learning curves: {err}", file=sys.stderr)
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in runs:
-        label = f"{r['config'].learner.name} K={r['config'].data.shots}"
-        steps = [m["step"] for m in r["metrics"]]
-        axes[0].plot(steps, [m["loss"] for m in r["metrics"]], label=label)
-        ev = r["eval"]["results"][r["config"].learner.name]
-        ks = sorted(int(k) for k in ev)
-        axes[1].errorbar(ks, [ev[str(k)]["mean"] for k in ks], [ev[str(k)]["ci95"] for k in ks],
-                         marker="o", capsize=3, label=label)
-    axes[0].set(xlabel="meta-step", ylabel="query MSE after adaptation (train tasks)",
-                yscale="log", title="Meta-training")
-    axes[1].set(xlabel="inner steps at test", ylabel="query MSE (1000 new tasks, 95% CI)",
-                yscale="log", title="Meta-test")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
     return True
+
+
+def plot(runs: list[dict], path: Path) -> bool:
+    """The sinusoid runs overlaid, with their meta-test against inner steps."""
+    return _plot(runs, path, meta_test=True,
+                 labels=[f"{r['config'].learner.name} K={r['config'].data.shots}" for r in runs])
 
 
 def sinusoid_section(runs: list[dict], out: Path) -> list[str]:
@@ -229,29 +216,7 @@ def _hours(seconds: float) -> str:
 
 
 def plot_classification(run: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    m = run["metrics"]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    steps = [r["step"] for r in m if "accuracy" in r]
-    ax.plot(steps, [100 * r["accuracy"] for r in m if "accuracy" in r],
-            label="training episodes (query)")
-    val = [(r["step"], r["val_score"]) for r in m if r.get("val_score") is not None]
-    if val:
-        ax.plot(*zip(*val), marker="o", label="validation classes")
-    ax.set(xlabel="meta-step", ylabel="query accuracy (%)", title=run["name"])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _plot([run], path, labels=[run["name"]], title=run["name"])
 
 
 def classification_section(runs: list[dict], out: Path) -> list[str]:

@@ -1,6 +1,7 @@
 """The ``jmeta`` command: ``jmeta train CONFIG [key=value ...]``, ``jmeta eval RUN_DIR``,
 ``jmeta predict RUN_DIR --support DIR --query DIR`` (text runs: ``--support support.csv
---queries queries.csv|queries.txt``), ``jmeta data`` and ``jmeta bench [SUITE]``.
+--queries queries.csv|queries.txt``), ``jmeta runs [DIR]`` (``jmeta runs compare RUN RUN ...``),
+``jmeta plot RUN ...``, ``jmeta data`` and ``jmeta bench [SUITE]``.
 
 ``train``, ``eval`` and ``predict`` keep compiled programs in a disk cache
 (``$JMETA_COMPILE_CACHE``, default ``~/.cache/jmeta/xla``; ``off`` turns it off), so a resumed
@@ -85,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="compile time, meta-steps/s, FLOPs and memory of benchmark workloads "
                             "(JSON + Markdown table); jmeta bench --help for its options")
     b.add_argument("args", nargs=argparse.REMAINDER)
+
+    s = sub.add_parser("runs", help="a table of the runs under DIR (default: runs); "
+                                    "'jmeta runs compare RUN RUN ...' compares runs",
+                       usage="jmeta runs [DIR] | jmeta runs compare RUN RUN [RUN ...]")
+    s.add_argument("args", nargs="*", metavar="DIR", help="folder of run directories (searched "
+                   "recursively), or 'compare' followed by two or more run directories")
+
+    g = sub.add_parser("plot", help="learning curves of runs as PNG (several runs overlaid)")
+    g.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    g.add_argument("-o", "--output", help="PNG file (default: RUN/curves.png for one run, "
+                                          "curves.png for several)")
+    g.add_argument("--meta-test", action="store_true",
+                   help="add a panel of the meta-test (eval.json) against inner steps")
     return p
 
 
@@ -120,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         return _predict(args)
     if args.command == "rows":
         return _rows(args)
+    if args.command == "runs":
+        return _runs(args)
+    if args.command == "plot":
+        return _plot(args)
     try:
         if args.command == "train":
             cfg = load_config(args.config, list(args.overrides))
@@ -188,6 +206,45 @@ def _rows(args) -> int:
         paper = row["paper"]
         cell = "-" if not paper else (f"{paper[0]}" + (f" +- {paper[1]}" if len(paper) > 1 else ""))
         print(f"{'reproduce-' + row['config'] + '-' + row['row']:<46} {cell:<16} {row['source']}")
+    return 0
+
+
+def _runs(args) -> int:
+    """``jmeta runs [DIR]``: one line per run under DIR; ``jmeta runs compare RUN RUN ...``."""
+    from jmeta.train import compare_runs, format_comparison, format_runs, list_runs
+
+    try:
+        if args.args[:1] == ["compare"]:
+            if len(args.args) < 3:
+                raise ValueError("jmeta runs compare needs two or more run directories.")
+            print(format_comparison(compare_runs(args.args[1:])))
+            return 0
+        if len(args.args) > 1:
+            raise ValueError("jmeta runs takes one folder (to compare runs: jmeta runs compare "
+                             "RUN RUN ...).")
+        root = args.args[0] if args.args else "runs"
+        runs = list_runs(root)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"jmeta: error: {err}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"jmeta: no run directories under {root} (a run directory holds config.json "
+              "and metrics.jsonl; jmeta train --run-dir makes one).")
+        return 0
+    print(format_runs(runs))
+    return 0
+
+
+def _plot(args) -> int:
+    """``jmeta plot RUN ... [-o FILE]``: learning curves as PNG."""
+    from jmeta.train import plot_curves
+
+    try:
+        out = plot_curves(args.runs, args.output, meta_test=args.meta_test)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as err:
+        print(f"jmeta: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
     return 0
 
 
