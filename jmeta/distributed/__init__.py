@@ -28,3 +28,11 @@ from jmeta.distributed._process import global_batch_from_local as global_batch_f
 from jmeta.distributed._process import initialize as initialize
 from jmeta.distributed._process import process_slice as process_slice
 from jmeta.distributed._mesh import param_sharding as param_sharding
+from jmeta.distributed._decoder import check_decoder_mesh as check_decoder_mesh
+from jmeta.distributed._decoder import decoder_meta_step as decoder_meta_step
+from jmeta.distributed._decoder import decoder_shardings as decoder_shardings
+from jmeta.distributed._decoder import expected_per_device_bytes as expected_per_device_bytes
+from jmeta.distributed._decoder import freeze_backbone as freeze_backbone
+from jmeta.distributed._decoder import per_device_bytes as per_device_bytes
+from jmeta.distributed._decoder import shard_decoder_params as shard_decoder_params
+from jmeta.distributed._decoder import shard_decoder_state as shard_decoder_state
