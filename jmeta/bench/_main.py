@@ -14,7 +14,9 @@ def parser() -> argparse.ArgumentParser:
         "table), one process per workload."))
     b.add_argument("suite", nargs="?", default="core",
                    help="core (every workload of jmeta/bench_workloads.json), quick (two small "
-                        "ones, fewer repetitions) or scaling (curves); default core")
+                        "ones, fewer repetitions) or scaling (curves); default core. "
+                        "'jmeta bench plan --help': memory, FLOPs and roofline of full-size "
+                        "decoders compiled from shapes")
     b.add_argument("--workloads", help="comma-separated workload names (a base name selects its "
                                        "variants; base@key=value runs a variant)")
     b.add_argument("--reps", type=int, help="timed repetitions per workload (default: the suite's)")
@@ -33,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["_one"], ["_info"]):
         return _measure_here(argv)
+    if argv[:1] == ["plan"]:  # compile full-size decoders from shapes: jmeta bench plan --help
+        from jmeta.bench._plan import main as plan_main
+
+        return plan_main(argv[1:])
     args = parser().parse_args(argv)
     from jmeta.bench._suite import run_suite
     from jmeta.core import ConfigError

@@ -277,7 +277,10 @@ def expected_per_device_bytes(tree: PyTree, cfg, model_size: int, *,
     total = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         keys, shape = _keys(path), tuple(leaf.shape)
-        nbytes = np.dtype(leaf.dtype).itemsize * math.prod(shape)
+        raw = leaf
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # its raw uint32 words
+            raw = jax.eval_shape(jax.random.key_data, leaf)
+        nbytes = np.dtype(raw.dtype).itemsize * math.prod(raw.shape)
         if BACKBONE in keys and shape:
             spec = partition_spec(cfg, keys[keys.index(BACKBONE):], shape, model_size,
                                   model_axis)
