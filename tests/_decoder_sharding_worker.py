@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import sys
 import time
 
@@ -118,7 +119,8 @@ def meshes(part: str, out: pathlib.Path) -> None:
         step = dist.decoder_meta_step(learner, tx, cfg, mesh, meta_batch_size=META_BATCH,
                                       donate=False)
         t = time.perf_counter()
-        new, metrics = step(state, batch)
+        compiled = step.lower(state, batch).compile()
+        new, metrics = compiled(state, batch)
         jax.block_until_ready(new)
         elapsed = time.perf_counter() - t
         backbone = new.params["model"]["backbone"]
@@ -142,10 +144,26 @@ def meshes(part: str, out: pathlib.Path) -> None:
                                         ("opt_state", new.opt_state),
                                         ("step", new.step))},
             "devices": len(layers["q"]["kernel"].sharding.device_set),
+            "collectives": collectives(compiled.as_text()),
         }
         arrays[f"{name}/params"] = flat(new.params)
         arrays[f"{name}/grad"] = flat(new.opt_state)
     save(out, f"{part}-meshes", report, arrays)
+
+
+def collectives(hlo: str) -> dict[str, list[list[int]]]:
+    """The result shapes of each kind of collective in a compiled program's HLO text."""
+    found: dict[str, list[list[int]]] = {}
+    kinds = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+    for line in hlo.splitlines():
+        for kind in kinds:
+            at = line.find(f" {kind}(")
+            if at < 0 or "= " not in line[:at]:
+                continue
+            result = line[line.index("= ") + 2:at]  # the result type: one shape or a tuple
+            for dims in re.findall(r"\[([\d,]*)\]", result):
+                found.setdefault(kind, []).append([int(d) for d in dims.split(",") if d])
+    return found
 
 
 def save(out: pathlib.Path, job: str, report: dict, arrays: dict) -> None:

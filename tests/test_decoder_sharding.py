@@ -139,6 +139,30 @@ def test_layouts(runs, method):
         assert all(got[mesh]["replicated"].values()), got[mesh]["replicated"]
 
 
+def _weight_shapes():
+    """Every backbone matrix's shape, whole (stacked layers) and of one layer."""
+    from jmeta.models import init_backbone
+
+    leaves = jax.tree.leaves(jax.eval_shape(lambda: init_backbone(_tiny_worker(),
+                                                                  jax.random.key(0))))
+    return {s for leaf in leaves for s in (tuple(leaf.shape), tuple(leaf.shape[1:]))
+            if len(s) >= 2}
+
+
+@pytest.mark.parametrize("method", ["maml", "metaicl"])
+def test_weights_never_move(runs, method):
+    """Tensor parallelism, not FSDP: in the compiled 1x8, 2x4 and 4x2 programs no collective
+    gathers (or sums) a whole backbone matrix; they move activations ([tasks, examples,
+    tokens, hidden] and the like) and adapter-sized tensors."""
+    got = _report(runs, f"{method}-meshes")
+    weights = _weight_shapes()
+    for mesh in ("1x8", "2x4", "4x2"):
+        coll = got[mesh]["collectives"]
+        assert coll.get("all-reduce"), coll  # the row-split maps' partial sums
+        moved = [s for shapes in coll.values() for s in shapes if tuple(s) in weights]
+        assert not moved, f"{mesh}: collectives of weight shapes {moved}"
+
+
 def test_from_pretrained_on_a_mesh_places_the_unsharded_values(runs):
     """from_pretrained(folder, mesh=...) of a Llama checkpoint: every shard equals the slice of
     the unsharded load, bytes per device are as predicted, the logits agree."""
@@ -162,6 +186,15 @@ def test_bad_meshes_fail_before_compiling(runs):
 
 # ---------------------------------------------------------------------------------------------
 # In-process (one device): shardings and byte counts from shapes alone.
+
+
+def _tiny_worker():
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import _decoder_sharding_worker as worker
+    finally:
+        sys.path.remove(str(WORKER.parent))
+    return worker.tiny()
 
 
 def _tiny():
