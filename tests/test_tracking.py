@@ -95,7 +95,11 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def quick_http(monkeypatch):
-    """A gone server fails at once, rather than after MLflow's retries."""
+    """A gone server fails at once, rather than after MLflow's retries; rows go out every
+    0.2 s rather than every 5 s."""
+    from jmeta.train import _tracking
+
+    monkeypatch.setattr(_tracking, "FLUSH_S", 0.2)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -301,7 +305,6 @@ def test_a_server_gone_mid_run_is_one_warning_and_the_run_goes_on(server, tmp_pa
     assert [s for s, _ in _history(client, run_id, "loss")] == [10, 20, 30]
 
 
-@pytest.mark.slow
 def test_a_killed_server_mid_run_is_one_warning_and_the_run_goes_on(tmp_path, capsys, quick_http):
     root = tmp_path / "doomed"
     root.mkdir()
@@ -335,6 +338,16 @@ def test_unknown_tracker_and_a_uri_without_mlflow_are_errors(capsys):
     with pytest.raises(ConfigError, match="add mlflow to --track"):
         open_tracking("tensorboard", uri="http://127.0.0.1:1")
     assert open_tracking("jsonl").names == []
+
+
+def test_only_process_0_tracks(monkeypatch):
+    import jax
+
+    with open_tracking("tensorboard,mlflow") as tracking:
+        assert tracking.names == ["tensorboard", "mlflow"]
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    with open_tracking("tensorboard,mlflow") as tracking:
+        assert tracking.names == []  # the packages were checked; nothing is opened
 
 
 def test_the_store_is_the_flag_then_the_env_var_then_sqlite_beside_the_run(tmp_path,
@@ -383,6 +396,7 @@ def test_logging_never_waits_rows_coalesce_and_overflow_is_dropped(tmp_path, mon
     from jmeta.train import _tracking
 
     monkeypatch.setattr(_tracking, "QUEUE_ROWS", 64)
+    monkeypatch.setattr(_tracking, "FLUSH_S", 0.2)
     slow = _Slow()
     tracking = Tracking([("slow", slow)])
     tracking.start(tmp_path, name="x", resume_step=0)

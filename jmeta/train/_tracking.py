@@ -21,13 +21,18 @@ whatever is tracked; ``jsonl`` names them and adds nothing.
   MLflow run.
 
 Only process 0 tracks. Each tracker runs in a thread of its own behind a bounded queue, so
-logging never waits on a disk or a server: the loop hands over host values it already fetched
-for ``metrics.jsonl``. Rows waiting when the thread comes back are sent together (one MLflow
-batch); when :data:`QUEUE_ROWS` rows are waiting (the backend is that far behind), further rows
-are dropped and counted, and ``close`` says how many. A tracker that fails (a server gone, a
-full disk) prints one warning and is off for the rest of the run; the run goes on and
-``metrics.jsonl`` keeps every row. A tracker whose package is missing is a :class:`ConfigError`
-naming ``pip install 'jmeta[tracking]'`` when it is opened, before anything compiles.
+logging never waits on a disk or a server: the loop hands over the host values it already
+fetched for ``metrics.jsonl``. The thread imports the tracker's package as soon as it is opened
+and opens its run (store, experiment, run id) while the step compiles; the loop waits for that,
+at most :data:`START_TIMEOUT_S`, before its first step, so that the opening never competes with
+the steps for the interpreter. Policy: **coalesce, then drop**. Rows go out at most every
+:data:`FLUSH_S` seconds, those that waited together (one MLflow batch: one SQLite commit or one
+HTTP request rather than one per row); when :data:`QUEUE_ROWS` calls are waiting (the backend
+is that far behind), further rows are dropped and counted, and closing says how many, once.
+A tracker that fails (a server gone, a full disk) prints one warning and is off for the rest of
+the run; the run goes on and ``metrics.jsonl`` keeps every row. A tracker whose package is
+missing is a :class:`ConfigError` naming ``pip install 'jmeta[tracking]'`` when it is opened,
+before anything compiles.
 """
 
 from __future__ import annotations
@@ -57,6 +62,12 @@ QUEUE_ROWS = 1024
 CLOSE_TIMEOUT_S = 60.0
 """How long closing waits for a tracker's thread to send what it holds."""
 
+START_TIMEOUT_S = 30.0
+"""How long the loop waits, before its first step, for the trackers to open their runs."""
+
+FLUSH_S = 5.0
+"""Metric rows go out at most this often, those that waited together (one MLflow batch)."""
+
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"
 TENSORBOARD_DIR = "tensorboard"
 EXTRA = "pip install 'jmeta[tracking]'"
@@ -72,8 +83,9 @@ class Tracker(Protocol):
     ``set_tags`` the environment and the commit; ``log_metrics`` one row of host floats;
     ``log_artifacts`` the run directory, whose result files the tracker may copy; ``close``
     ends the run with ``status`` ``"FINISHED"``, ``"KILLED"`` (SIGTERM) or ``"FAILED"``.
-    A tracker may define ``log_metrics_many(rows)`` to send several ``(step, metrics)`` rows at
-    once.
+    A tracker may define ``prepare()``, run first in its thread (imports: they overlap the
+    loading and compiling of the run), and ``log_metrics_many(rows)`` to send several
+    ``(step, metrics)`` rows at once.
     """
 
     def start(self, run_dir: Path, *, name: str, resume_step: int) -> None: ...
@@ -157,27 +169,29 @@ def _artifact_files(run_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 
 _CLOSE = "close"
+_READY = "ready"
 _METRICS = "log_metrics"
 
 
 class _Worker:
-    """One tracker in a thread of its own, behind a queue of at most :data:`QUEUE_ROWS` calls."""
+    """One tracker in a thread of its own, behind a queue of at most :data:`QUEUE_ROWS` calls.
+    The thread starts at once and imports the tracker's package (its ``prepare``) while the
+    run loads its data and compiles."""
 
     def __init__(self, name: str, tracker: Tracker):
         self.name, self.tracker = name, tracker
         self.queue: queue.Queue = queue.Queue(QUEUE_ROWS)
-        self.thread: threading.Thread | None = None
         self.dropped = 0
         self.failed = False  # set by the thread at the first error; nothing is sent after it
         self.closed = False
+        self.ready = threading.Event()  # set when the thread reaches a _READY call
+        self.thread = threading.Thread(target=self._run, name=f"jmeta-track-{name}",
+                                       daemon=True)
+        self.thread.start()
 
     def call(self, method: str, *args, **kwargs) -> None:
         if self.closed or (self.failed and method != _CLOSE):
             return
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._run, name=f"jmeta-track-{self.name}",
-                                           daemon=True)
-            self.thread.start()
         try:
             if method == _METRICS:
                 self.queue.put_nowait((method, args, kwargs))  # never waits: the loop runs
@@ -190,9 +204,6 @@ class _Worker:
     def close(self, status: str) -> None:
         if self.closed:
             return
-        if self.thread is None:
-            self.closed = True
-            return
         self.call(_CLOSE, status)
         self.closed = True
         self.thread.join(CLOSE_TIMEOUT_S)
@@ -204,40 +215,53 @@ class _Worker:
             _warn(f"tracking to {self.name} fell behind: {self.dropped} metric rows were not "
                   "sent (metrics.jsonl keeps every row).")
 
+    def _do(self, fn, *args, **kwargs) -> None:
+        if self.failed:
+            return  # the tracker is off: what is still queued is dropped
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any failure turns this tracker off, once
+            self.failed = True
+            text = str(err).strip().splitlines()
+            _warn(f"tracking to {self.name} failed ({type(err).__name__}: "
+                  f"{text[0][:300] if text else ''}); it is off for the rest of this run, "
+                  "which goes on (metrics.jsonl keeps every row).")
+
+    def _send(self, rows: list) -> None:
+        many = getattr(self.tracker, "log_metrics_many", None)
+        if many is not None:
+            many(rows)
+        else:
+            for step, metrics in rows:
+                self.tracker.log_metrics(step, metrics)
+
     def _run(self) -> None:
-        pending = None
+        prepare = getattr(self.tracker, "prepare", None)
+        if prepare is not None:
+            self._do(prepare)
+        rows: list = []
+        sent = -float("inf")  # when rows last went out
         while True:
-            item = pending or self.queue.get()
-            pending = None
-            method, args, kwargs = item
+            wait = None if not rows else max(0.0, sent + FLUSH_S - time.monotonic())
             try:
-                if self.failed:
-                    pass  # drain: the tracker is off
-                elif method == _METRICS:
-                    rows = [args]
-                    while True:  # coalesce the rows already waiting into one send
-                        try:
-                            nxt = self.queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if nxt[0] != _METRICS:
-                            pending = nxt
-                            break
-                        rows.append(nxt[1])
-                    many = getattr(self.tracker, "log_metrics_many", None)
-                    if many is not None:
-                        many(rows)
-                    else:
-                        for step, metrics in rows:
-                            self.tracker.log_metrics(step, metrics)
-                else:
-                    getattr(self.tracker, method)(*args, **kwargs)
-            except Exception as err:  # noqa: BLE001 - any failure turns this tracker off, once
-                self.failed = True
-                text = str(err).strip().splitlines()
-                _warn(f"tracking to {self.name} failed ({type(err).__name__}: "
-                      f"{text[0][:300] if text else ''}); it is off for the rest of this run, "
-                      "which goes on (metrics.jsonl keeps every row).")
+                item = self.queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is not None and item[0] == _METRICS:
+                rows.append(item[1])
+                if time.monotonic() - sent < FLUSH_S and len(rows) < QUEUE_ROWS:
+                    continue  # coalesce: rows go out together, at most every FLUSH_S
+                item = None
+            if rows:  # the flush interval is over, or another call comes: rows first
+                self._do(self._send, rows)
+                rows, sent = [], time.monotonic()
+            if item is None:
+                continue
+            method, args, kwargs = item
+            if method == _READY:
+                self.ready.set()
+                continue
+            self._do(getattr(self.tracker, method), *args, **kwargs)
             if method == _CLOSE:
                 return
 
@@ -280,6 +304,21 @@ class Tracking:
 
     def log_artifacts(self, run_dir: Path) -> None:
         self._all("log_artifacts", Path(run_dir))
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Waits until every tracker has handled the calls made so far (at most ``timeout``,
+        default :data:`START_TIMEOUT_S`): the loop calls it once, before its first step, so
+        that opening a run (MLflow's SQLite tables, a server's answer, the params) never
+        competes with the steps."""
+        deadline = time.monotonic() + (START_TIMEOUT_S if timeout is None else timeout)
+        waiting = []
+        for w in self._workers:
+            if not (w.closed or w.failed):
+                w.ready.clear()
+                w.call(_READY)
+                waiting.append(w)
+        for w in waiting:
+            w.ready.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self, status: str = "FINISHED") -> None:
         for w in self._workers:
@@ -368,6 +407,9 @@ class TensorBoardTracker:
     def __init__(self):
         self.writer = None
 
+    def prepare(self) -> None:
+        import tensorboardX  # noqa: F401
+
     def start(self, run_dir: Path, *, name: str, resume_step: int) -> None:
         from tensorboardX import SummaryWriter
 
@@ -437,9 +479,13 @@ class MlflowTracker:
                 raise
             return exp.experiment_id
 
-    def start(self, run_dir: Path, *, name: str, resume_step: int) -> None:
+    def prepare(self) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        import mlflow  # noqa: F401
+        import mlflow.entities  # noqa: F401
+
+    def start(self, run_dir: Path, *, name: str, resume_step: int) -> None:
         from mlflow import MlflowClient
 
         run_dir = Path(run_dir)

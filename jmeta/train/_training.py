@@ -49,7 +49,7 @@ from jmeta.train._eval import train_pretrained
 from jmeta.train._evaluation import BASELINE_STREAM, BN_STREAM, seed_key, validation_score
 from jmeta.train._rundir import (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, RunDir, environment,
                                   records_process)
-from jmeta.train._tracking import Tracker, Tracking
+from jmeta.train._tracking import Tracking
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -189,7 +189,7 @@ def train(
     *,
     progress: bool = True,
     step_hook: Callable[[int, MetaState], MetaState] | None = None,
-    tracker: Tracker | None = None,
+    tracker: Tracking | None = None,
 ) -> dict:
     """Meta-trains ``cfg`` into ``run_dir`` and returns the final results.
 
@@ -302,6 +302,7 @@ def train(
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, *args).compile()
     compile_s = time.perf_counter() - t0
+    tracker.wait_ready()  # the trackers opened their runs while this compiled; now steps alone
 
     def save(step, state, window, validate=True):
         _check_finite(window, step)  # never checkpoint a non-finite state
@@ -432,7 +433,7 @@ def train(
     return results
 
 
-def _start_tracking(tracker: Tracker, cfg: Config, run_dir: Path, start_step: int) -> None:
+def _start_tracking(tracker: Tracking, cfg: Config, run_dir: Path, start_step: int) -> None:
     tracker.start(run_dir, name=cfg.name, resume_step=start_step)
     tracker.log_params(cfg.flat())
     tracker.set_tags(environment())
