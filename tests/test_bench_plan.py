@@ -81,9 +81,13 @@ def test_markdown_lists_every_kind_of_row():
               alias_bytes=1e9, fits_80GB=True, fits_141GB=True, flops_per_step=1e12,
               roofline_s=0.01, bound="compute", compile_s=3.0)
     text = plan.markdown([ok, dict(ok, status="not run", command="jmeta bench plan ..."),
-                          dict(ok, status="does not divide", reason="14 heads")], meta)
-    assert "| 2.00 (1.00 + 1.00 + 1.00 - 1.00) | yes | yes | 1.0 | 10.0 | compute | 3 |" in text
-    assert "not run: `jmeta bench plan ...`" in text and "does not divide: 14 heads" in text
+                          dict(ok, status="does not divide", reason=(
+                              "a model axis of size 8 does not divide the 14 attention heads"))], meta)
+    assert "| 2.0 (1.00 + 1.00 + 1.0 - 1.00) | yes | yes | 1 | - / 10 / - | compute | 3 |" in text
+    assert "not run: `jmeta bench plan ...`" in text
+    assert "does not divide: 14 heads over 8" in text
+    assert "not run" not in plan.markdown([ok, dict(ok, status="not run")], meta,
+                                          skip_not_run=True)
 
 
 def test_cli_reexecs_onto_simulated_devices(tmp_path):

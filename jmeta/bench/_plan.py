@@ -32,6 +32,7 @@ import gc
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -327,7 +328,8 @@ def grid_rows(subset: str = "all") -> list[dict]:
     3 meshes = 360), each ``{"model", "method", "remat", "seq", "meta_batch", "mesh",
     "run"}``; ``run`` marks the rows of ``subset``: ``"all"``, or ``"core"`` (every model,
     method, remat and mesh at seq 1024 / meta-batch 8, plus seq 256 and meta-batch 32 for
-    second-order MAML with 5 steps and remat, on every mesh).
+    second-order MAML with 5 steps and remat, on every mesh), or ``"wide"`` (``core`` and
+    every method at seq 256 / meta-batch 8).
 
     Example:
       >>> rows = grid_rows("core")
@@ -347,8 +349,12 @@ def grid_rows(subset: str = "all") -> list[dict]:
                                 run = ((seq == 1024 and mb == 8)
                                        or (method == "maml-5" and remat
                                            and (seq == 1024 or mb == 8)))
+                            elif subset == "wide":  # core + every method at 256 / 8
+                                run = ((seq == 1024 and mb == 8) or (seq == 256 and mb == 8)
+                                       or (method == "maml-5" and remat and seq == 1024))
                             else:
-                                raise ValueError(f"unknown --subset {subset!r}: all or core.")
+                                raise ValueError(f"unknown --subset {subset!r}: all, wide or "
+                                                 "core.")
                             rows.append(dict(model=model, method=method, remat=remat, seq=seq,
                                              meta_batch=mb, mesh=mesh, run=run))
     return rows
@@ -369,33 +375,41 @@ def command_of(row: dict, accelerator_name: str) -> str:
             + f" --accelerator {accelerator_name}")
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    """The plan table in Markdown."""
+def markdown(rows: list[dict], meta: dict, *, skip_not_run: bool = False) -> str:
+    """The plan table in Markdown (``skip_not_run``: only the rows compiled or checked)."""
     acc = meta["accelerator"]
     lines = [
         f"Meta-step plan: per-device memory from XLA's compiled memory analysis (XLA:CPU, "
-        f"simulated devices), FLOPs from the jaxpr, roofline on {acc} "
-        f"({meta['peak_flops'] / 1e12:.0f} TFLOP/s bf16, {meta['bandwidth'] / 1e12:.2f} TB/s). "
-        f"Commit {meta['commit']}, {meta['date']}, jax {meta['jax']}, {meta['host']}.",
+        f"simulated devices), FLOPs from the jaxpr, roofline (bound on {acc}) on A100-80GB / "
+        f"H100-SXM / H200 (bf16 dense peak; HBM bandwidth). Commit {meta['commit']}, "
+        f"{meta['date']}, jax {meta['jax']}, {meta['host']}.",
         "",
-        "| model | method | remat | seq | meta-batch | mesh | per-device GB (arg + out + temp "
-        "- alias) | fits 80 GB | fits 141 GB | TFLOP / step | roofline ms | bound | compile s |",
+        "| model | method | remat | seq | meta-batch | mesh | GB per device (arg + out + temp "
+        "- alias) | fits 80 GB | fits 141 GB | TFLOP / step | roofline ms A100 / H100 / H200 "
+        "| bound | compile s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if skip_not_run and r["status"] in ("not run", "pending"):
+            continue
         head = (f"| {r['model']} | {r['method']} | {'yes' if r['remat'] else 'no'} | {r['seq']} "
                 f"| {r['meta_batch']} | {r['mesh']} |")
         if r["status"] == "ok":
-            mem = (f"{r['peak_bytes'] / 1e9:.2f} ({r['argument_bytes'] / 1e9:.2f} + "
-                   f"{r['output_bytes'] / 1e9:.2f} + {r['temp_bytes'] / 1e9:.2f} - "
+            mem = (f"{r['peak_bytes'] / 1e9:.1f} ({r['argument_bytes'] / 1e9:.2f} + "
+                   f"{r['output_bytes'] / 1e9:.2f} + {r['temp_bytes'] / 1e9:.1f} - "
                    f"{r['alias_bytes'] / 1e9:.2f})")
+            by = r.get("roofline_ms_by_accelerator") or {acc: r["roofline_s"] * 1e3}
+            times = " / ".join(f"{by[a]:.0f}" if a in by else "-" for a in ACCELERATORS)
             lines.append(f"{head} {mem} | {'yes' if r['fits_80GB'] else 'no'} | "
                          f"{'yes' if r['fits_141GB'] else 'no'} | "
-                         f"{r['flops_per_step'] / 1e12:.1f} | {r['roofline_s'] * 1e3:.1f} | "
+                         f"{r['flops_per_step'] / 1e12:.0f} | {times} | "
                          f"{r['bound']} | {r['compile_s']:.0f} |")
-        elif r["status"] == "not run":
-            lines.append(f"{head} not run: `{r['command']}` | | | | | | |")
+        elif r["status"] in ("not run", "pending"):
+            lines.append(f"{head} {r['status']}: `{r.get('command', '')}` | | | | | | |")
         else:
-            lines.append(f"{head} {r['status']}: {r.get('reason', '')[:90]} | | | | | | |")
+            m = re.search(r"size (\d+) does not divide the (\d+) attention heads",
+                          r.get("reason", ""))
+            why = f": {m.group(2)} heads over {m.group(1)}" if m else ""
+            lines.append(f"{head} {r['status']}{why} | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -421,11 +435,13 @@ def run_grid(out: Path, *, subset: str, acc_name: str, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     meta = _meta(acc_name)
     json_path, md_path = out / "plan.json", out / "plan.md"
-    done = {}
+    done, old_meta = {}, None
     if json_path.is_file():
         old = json.loads(json_path.read_text())
         if old.get("meta", {}).get("accelerator") == meta["accelerator"]:
-            done = {_key(r): r for r in old["rows"] if r["status"] not in ("not run", "error")}
+            old_meta = old["meta"]
+            done = {_key(r): r for r in old["rows"]
+                    if r["status"] not in ("not run", "error", "pending")}
     todo = grid_rows(subset)
     results: dict = {}
     for spec in todo:
@@ -443,6 +459,8 @@ def run_grid(out: Path, *, subset: str, acc_name: str, log=print) -> dict:
     # table keeps the grid's order and is rewritten after every row.
     order = sorted((s for s in todo if _key(s) not in results),
                    key=lambda s: (not (s["seq"] == 1024 and s["meta_batch"] == 8),))
+    if not order and old_meta:  # nothing to compile: the table again, as it was measured
+        meta = old_meta
     for i, spec in enumerate(order):
         log(f"[{i + 1}/{len(order)}] {command_of(spec, meta['accelerator'])}")
         t = time.perf_counter()
@@ -505,8 +523,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the whole table (3 models x 5 methods x remat x seq 256/1024 x "
                         "meta-batch 8/32 x meshes 1x1, 1x8, 8x1) into --out")
     p.add_argument("--subset", default="all",
-                   help="with --grid: all (360 compiles) or core (126; the others are listed "
-                        "as not run, with their command)")
+                   help="with --grid: all (360 rows), wide (180) or core (108); the others are "
+                        "listed as not run, with their command. Rows already in --out's "
+                        "plan.json are kept, not compiled again")
     p.add_argument("--out", default="benchmarks/results/plan",
                    help="--grid output folder (plan.json, plan.md)")
     p.add_argument("--json", action="store_true", help="print the row as JSON")
