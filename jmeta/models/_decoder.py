@@ -562,6 +562,7 @@ def decoder(
     max_length: int | None = None,
     pad_token_id: int | None = None,
     zero_head: bool = False,
+    train_backbone: bool = False,
 ) -> Model:
     """A decoder as a functional :class:`~jmeta.models.Model` (``"dense"``) over token ids.
 
@@ -577,6 +578,8 @@ def decoder(
     ``lora_layers`` layers, float32 whatever ``dtype`` the backbone computes in) and the head.
     ``backbone`` is the parameters (from :func:`jmeta.models.from_pretrained`), a function
     returning them, or None for random weights (:func:`init_backbone`).
+    ``train_backbone=True`` trains the whole decoder instead (full-parameter MetaICL): no
+    ``stop_gradient``, and ``frozen`` is None, so optimizers and checkpoints include it.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -630,7 +633,7 @@ def decoder(
         if max_length is not None and ids.shape[-1] > max_length:
             raise ValueError(f"decoder: sequences of {ids.shape[-1]} tokens exceed the context "
                              f"of {max_length} tokens.")
-        body = jax.lax.stop_gradient(params["backbone"])
+        body = params["backbone"] if train_backbone else jax.lax.stop_gradient(params["backbone"])
         mask = None if pad_token_id is None else ids != pad_token_id
         hidden = hidden_states(cfg, body, ids, lora=params.get("lora"), lora_scale=scale,
                                mask=mask, remat=remat, dtype=compute)
@@ -650,7 +653,8 @@ def decoder(
         return f @ params["head"]["kernel"] + params["head"]["bias"]
 
     return Model(init=init, apply=apply, family="dense",
-                 features=features if output == "classes" else None, frozen=_backbone)
+                 features=features if output == "classes" else None,
+                 frozen=None if train_backbone else _backbone)
 
 
 # Tensor parallelism (Megatron's split): the maps that widen the hidden state (q, k, v, gate, up
