@@ -14,6 +14,7 @@ from jmeta.algorithms._mamlpp import msl_weights as msl_weights
 from jmeta.algorithms._mamlpp import per_step_batch_stats as per_step_batch_stats
 from jmeta.algorithms._reptile import reptile as reptile
 from jmeta.algorithms._protonets import protonets as protonets
+from jmeta.algorithms._metaicl import metaicl as metaicl
 from jmeta.algorithms._protomaml import prototype_head as prototype_head
 from jmeta.algorithms._protomaml import protomaml as protomaml
 from jmeta.algorithms._cavia import cavia as cavia

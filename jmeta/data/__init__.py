@@ -43,3 +43,6 @@ from jmeta.data._text import read_class_split as read_class_split
 from jmeta.data._text import select_classes as select_classes
 from jmeta.data._text import token_sampler as token_sampler
 from jmeta.data._text import tokenize_dataset as tokenize_dataset
+from jmeta.data._token_tasks import TINY_LLAMA as TINY_LLAMA
+from jmeta.data._token_tasks import label_ids as label_ids
+from jmeta.data._token_tasks import make_token_mappings as make_token_mappings
