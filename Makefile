@@ -94,6 +94,23 @@ BANKING77_ROWS := $(foreach m,$(BANKING77_METHODS),\
 .PHONY: reproduce-banking77
 reproduce-banking77: $(BANKING77_ROWS)
 
+## Decoders (docs/text.md, "Decoders"). The synthetic family on a tiny random Llama, 3-way 1-shot
+## (CPU, under a minute each): MetaICL meta-trained (every weight, or LoRA), MAML, first-order
+## MAML, Reptile, ProtoNets and Proto-MAML over LoRA, and three baselines without meta-training:
+## zero-shot, in-context learning, per-task LoRA fine-tuning. `make reproduce-synthetic-llama`
+## runs every row, e.g. make reproduce-synthetic_llama_metaicl-3w1s for one.
+SYNTHETIC_LLAMA_METHODS := zeroshot icl finetune metaicl metaicl_lora maml fomaml reptile \
+                           protonets protomaml
+.PHONY: reproduce-synthetic-llama reproduce-decoders-gpu
+reproduce-synthetic-llama: $(foreach m,$(SYNTHETIC_LLAMA_METHODS),\
+                             reproduce-synthetic_llama_$(m)-3w1s)
+
+## NOT YET RUN, for one GPU: MetaICL's HR -> LR protocol on GPT-2 Large, MAML and Proto-MAML over
+## LoRA of Qwen2.5-0.5B on BANKING77 (the configs' headers say where data and weights go).
+DECODERS_GPU_ROWS := reproduce-metaicl_gpt2large_hr2lr-4w4s \
+                     $(foreach m,maml protomaml,$(foreach r,5w1s 5w5s,reproduce-banking77_qwen_$(m)-$(r)))
+reproduce-decoders-gpu: $(DECODERS_GPU_ROWS)
+
 ## docs/results.md from the run directories under runs/ and the run records under
 ## benchmarks/results (every number read from them; the papers' numbers from the configs).
 results: $(STAMP)

@@ -28,6 +28,13 @@ def _embedding():
     return mlp(DIM, 5, hidden=(8,))
 
 
+def _language_model():
+    from jmeta.models import DecoderConfig, decoder
+
+    return decoder(DecoderConfig("llama", 16, 8, 1, 2, 16, num_kv_heads=1),
+                   lora_targets=("q", "v"), lora_rank=2)
+
+
 CE = dict(loss_fn=cross_entropy_loss)
 # name -> (factory, model, kwargs). The model is built per test (cheap); the factory is public.
 FACTORIES = {
@@ -55,7 +62,10 @@ FACTORIES = {
     "baseline++": (A.transfer_baseline, _embedding,
                    dict(num_classes=CLASSES, ways=WAYS, embed_dim=5, finetune_steps=3,
                         head="cosine")),
+    "metaicl": (A.metaicl, _language_model, dict(ways=WAYS, labels=(1, 2, 3))),
 }
+# Learners over token ids: their episodes are the blob episodes quantised to tokens 4..15.
+TOKENS = ("metaicl",)
 # Meta-gradient = gradient of the query loss of predict(adapt(meta)): exact second order.
 SECOND_ORDER = ("maml", "metasgd", "anil", "boil", "protomaml", "mamlpp", "cavia", "protonets",
                 "matching", "matching_fce", "r2d2")
@@ -76,6 +86,11 @@ def _episodes(learner, n, key):
     """``n`` episodes for the learner: blob classification episodes, or for a transfer baseline
     batches of examples of all base classes (their global labels in ``query``)."""
     batch = blob_batch(key, n, ways=WAYS, shots=SHOTS, queries=QUERIES, dim=DIM)
+    if any(learner is _LEARNERS.get(name) for name in TOKENS):
+        def tokens(x):
+            return jnp.clip(jnp.floor(2 * x + 10), 4, 15).astype(jnp.int32)
+        return Episode(batch.support._replace(x=tokens(batch.support.x)),
+                       batch.query._replace(x=tokens(batch.query.x)))
     if learner.class_batches is None:
         return batch
     labels = jax.random.randint(key, batch.query.y.shape, 0, CLASSES)
