@@ -20,6 +20,8 @@ Protocol: MetaICL, channel (log p(x | v_1 x_1 ... v_16 x_16 v_c)), every weight 
 layer; 4-way 4-shot episodes = 16 demonstrations, 1 query per class in training, texts cut at
 48 tokens (16 x 49 + 48 + 1 = 833 <= 1,024 positions); verbalisers: GPT-2's tokens " A", " B",
 " C", " D" (ids 317, 347, 327, 360: check them with tokenizers' Tokenizer.encode before a run);
+padding id 0 (the tokenizer pads with 0 when config.json names no padding id: GPT-2's "!", so a
+text's own "!" is dropped from the prompt too);
 Adam 1e-5 (MetaICL's lr), meta-batch 8, 30,000 meta-steps (the paper: 30,000 steps of batch 8);
 1,000 test episodes of the LR classes, 15 queries per class, mean +- 95% CI.
 Deviations from the paper: an episode draws 4 classes (task options) from the split's pool,
@@ -45,7 +47,7 @@ def get_config(arg="4w4s"):
         data=dict(name="text", files=f"{DATA}/hr_to_lr.csv", class_split=f"{DATA}/hr_to_lr_split",
                   max_length=48, queries=1, **ROWS[arg]),
         model=dict(name="decoder", path=MODEL, labels=(317, 347, 327, 360), lora_targets=(),
-                   train_backbone=True, dtype="bfloat16", remat=True),
+                   train_backbone=True, dtype="bfloat16", remat=True, pad_token_id=0),
         learner=dict(name="metaicl", scoring="channel", full=True),
         optimizer=dict(lr=1e-5),
         train=dict(meta_steps=30_000, meta_batch_size=8, log_every=100, save_every=2000),
