@@ -20,8 +20,9 @@ from jmeta.train._build import build_learner, model_task
 from jmeta.train._config import train_shots, validate
 
 # Image algorithms; "finetune" is never meta-trained (the text baseline of
-# tests/test_text_fewshot.py).
-TEXT_ONLY = ("finetune",)
+# tests/test_text_fewshot.py), and "metaicl" reads a language model's next-token logits
+# (tests/test_decoder_fewshot.py).
+TEXT_ONLY = ("finetune", "metaicl")
 ALGORITHMS = tuple(a for a in REGISTRY.names() if a not in TEXT_ONLY)
 
 WAYS, SHOTS, QUERIES, TASKS, CLASSES = 5, 1, 3, 2, 12
