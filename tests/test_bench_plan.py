@@ -90,6 +90,7 @@ def test_markdown_lists_every_kind_of_row():
                                           skip_not_run=True)
 
 
+@pytest.mark.slow  # a whole CLI process compiling on 8 simulated devices (~30 s)
 def test_cli_reexecs_onto_simulated_devices(tmp_path):
     """`jmeta bench plan --mesh 2x4` from a one-device process: it re-executes itself with 8
     CPU devices; per-device arguments are the state split over 4 (the backbone's share) and

@@ -305,6 +305,7 @@ def test_a_server_gone_mid_run_is_one_warning_and_the_run_goes_on(server, tmp_pa
     assert [s for s, _ in _history(client, run_id, "loss")] == [10, 20, 30]
 
 
+@pytest.mark.slow  # 11-41 s; the cut-proxy test below covers the same path in `make test`
 def test_a_killed_server_mid_run_is_one_warning_and_the_run_goes_on(tmp_path, capsys, quick_http):
     root = tmp_path / "doomed"
     root.mkdir()
