@@ -79,11 +79,11 @@ def test_markdown_lists_every_kind_of_row():
     ok = dict(model="m", method="maml-1", remat=False, seq=8, meta_batch=8, mesh="1x1",
               status="ok", peak_bytes=2e9, argument_bytes=1e9, output_bytes=1e9, temp_bytes=1e9,
               alias_bytes=1e9, fits_80GB=True, fits_141GB=True, flops_per_step=1e12,
-              roofline_s=0.01, bound="compute", compile_s=3.0)
+              roofline_s=0.01, bound="compute", compile_s=3.0, commit="abc1234")
     text = plan.markdown([ok, dict(ok, status="not run", command="jmeta bench plan ..."),
                           dict(ok, status="does not divide", reason=(
                               "a model axis of size 8 does not divide the 14 attention heads"))], meta)
-    assert "| 2.0 (1.00 + 1.00 + 1.0 - 1.00) | yes | yes | 1 | - / 10 / - | compute | 3 |" in text
+    assert "| 2.0 (1.00 + 1.00 + 1.0 - 1.00) | yes | yes | 1 | - / 10 / - | compute | 3 | abc1234 |" in text
     assert "not run: `jmeta bench plan ...`" in text
     assert "does not divide: 14 heads over 8" in text
     assert "not run" not in plan.markdown([ok, dict(ok, status="not run")], meta,

@@ -14,7 +14,7 @@ from jmeta.core._checks import check_bool, check_choice, check_int
 from jmeta.core._losses import accuracy, cross_entropy_loss
 from jmeta.core._meta import MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
-from jmeta.models._decoder import continuation_logprob, label_tokens, pack
+from jmeta.models import continuation_logprob, label_tokens, pack
 from jmeta.models._functional import Model
 
 SCORINGS = ("direct", "channel")
@@ -49,8 +49,10 @@ def metaicl(
     continuation ``-s_y(x)`` (``loss="lm"``), with respect to the trainable parameters.
 
     * meta-parameters: ``{"model": the decoder's params, "rule": ()}``; ``model`` is a
-      language model (``apply(params, ids [..., L]) -> logits [..., L, vocab]``, such as
-      ``jmeta.models.decoder(cfg, lora_targets=...)``). Whatever the model does not freeze
+      language model (``apply(params, ids [..., L], positions=None) -> logits [..., L,
+      vocab]``, or ``[..., n, vocab]`` at ``positions [..., n]`` only, such as
+      ``jmeta.models.decoder(cfg, lora_targets=...)``: only the rows scored are projected
+      onto the vocabulary). Whatever the model does not freeze
       trains: its adapters, or (``full=True``, a decoder with ``train_backbone=True``) all;
     * ``adapt(meta, support, key=None)`` keeps the support set as the demonstrations, in its
       order (``key`` given and ``shuffle``: in a random order); ``demonstrations=k`` keeps the
@@ -134,7 +136,7 @@ def metaicl(
             lambda a: a[:demonstrations], support)
 
     def scores(params, demos: Batch | None, x):
-        fn = lambda ids: model.apply(params, ids)  # noqa: E731
+        fn = lambda ids, at: model.apply(params, ids, positions=at)  # noqa: E731
         q, x_mask = x.shape[0], real(x)
         if demos is None:
             d_x, d_v = jnp.zeros((0, x.shape[1]), x.dtype), jnp.zeros((0, verb.shape[1]), x.dtype)
@@ -151,7 +153,7 @@ def metaicl(
             if single:  # the logits after the prompt score every one-token verbaliser at once
                 ids, mask = (prefix, prefix_m) if pad_token_id is None else pack(prefix, prefix_m)
                 last = jnp.maximum(mask.sum(-1) - 1, 0)
-                rows = jnp.take_along_axis(fn(ids), last[:, None, None], axis=-2)[:, 0]
+                rows = fn(ids, last[:, None])[:, 0]
                 return jax.nn.log_softmax(rows.astype(jnp.float32), -1)[:, verb[:, 0]]
             return continuation_logprob(fn, prefix[:, None], prefix_m[:, None], verb, verb_mask)
         # channel: v_1 x_1 ... v_k x_k v_c | x

@@ -381,13 +381,14 @@ def markdown(rows: list[dict], meta: dict, *, skip_not_run: bool = False) -> str
     lines = [
         f"Meta-step plan: per-device memory from XLA's compiled memory analysis (XLA:CPU, "
         f"simulated devices), FLOPs from the jaxpr, roofline (bound on {acc}) on A100-80GB / "
-        f"H100-SXM / H200 (bf16 dense peak; HBM bandwidth). Commit {meta['commit']}, "
-        f"{meta['date']}, jax {meta['jax']}, {meta['host']}.",
+        f"H100-SXM / H200 (bf16 dense peak; HBM bandwidth). Last run at commit "
+        f"{meta['commit']}, {meta['date']}, jax {meta['jax']}, {meta['host']}; each row names "
+        f"the commit it was compiled at.",
         "",
         "| model | method | remat | seq | meta-batch | mesh | GB per device (arg + out + temp "
         "- alias) | fits 80 GB | fits 141 GB | TFLOP / step | roofline ms A100 / H100 / H200 "
-        "| bound | compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| bound | compile s | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if skip_not_run and r["status"] in ("not run", "pending"):
             continue
@@ -402,14 +403,14 @@ def markdown(rows: list[dict], meta: dict, *, skip_not_run: bool = False) -> str
             lines.append(f"{head} {mem} | {'yes' if r['fits_80GB'] else 'no'} | "
                          f"{'yes' if r['fits_141GB'] else 'no'} | "
                          f"{r['flops_per_step'] / 1e12:.0f} | {times} | "
-                         f"{r['bound']} | {r['compile_s']:.0f} |")
+                         f"{r['bound']} | {r['compile_s']:.0f} | {r.get('commit', '')} |")
         elif r["status"] in ("not run", "pending"):
-            lines.append(f"{head} {r['status']}: `{r.get('command', '')}` | | | | | | |")
+            lines.append(f"{head} {r['status']}: `{r.get('command', '')}` | | | | | | | |")
         else:
             m = re.search(r"size (\d+) does not divide the (\d+) attention heads",
                           r.get("reason", ""))
             why = f": {m.group(2)} heads over {m.group(1)}" if m else ""
-            lines.append(f"{head} {r['status']}{why} | | | | | | |")
+            lines.append(f"{head} {r['status']}{why} | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -471,6 +472,7 @@ def run_grid(out: Path, *, subset: str, acc_name: str, log=print) -> dict:
         except Exception as err:  # noqa: BLE001  (record and go on)
             row = dict(_label(spec), status="error", reason=f"{type(err).__name__}: {err}")
         row["wall_s"] = round(time.perf_counter() - t, 1)
+        row["commit"] = meta["commit"]
         log(f"  -> {_summary(row)}")
         results[_key(spec)] = row
         json_path.write_text(json.dumps({"meta": meta, "rows": table()}, indent=1))

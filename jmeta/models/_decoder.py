@@ -567,7 +567,9 @@ def decoder(
     """A decoder as a functional :class:`~jmeta.models.Model` (``"dense"``) over token ids.
 
     ``apply(params, ids [..., L])`` returns, by ``output``: ``"logits"``, next-token logits
-    ``[..., L, vocab]`` (float32); ``"hidden"``, the last real token's final hidden state
+    ``[..., L, vocab]`` (float32), or with ``positions [..., n]`` (int) only the rows at those
+    positions, ``[..., n, vocab]``: the hidden states are gathered before the vocabulary
+    projection, so scoring a few tokens never holds ``L x vocab`` logits; ``"hidden"``, the last real token's final hidden state
     ``[..., H]`` (the embedding network of ProtoNets); ``"classes"``, a linear head of
     ``num_classes`` on it (MAML, Proto-MAML; ``features`` then gives the hidden state).
     Padding (``pad_token_id``, right-padded) is masked out of attention; without a pad id every
@@ -588,6 +590,8 @@ def decoder(
       >>> params = model.init(jax.random.key(0))
       >>> model.apply(params, jnp.zeros((3, 7), jnp.int32)).shape
       (3, 7, 96)
+      >>> model.apply(params, jnp.zeros((3, 7), jnp.int32), positions=jnp.full((3, 1), 6)).shape
+      (3, 1, 96)
       >>> sorted(params["lora"]), params["lora"]["q"]["a"].shape
       (['q', 'v'], (2, 32, 2))
     """
@@ -643,10 +647,15 @@ def decoder(
         _, hidden, mask = run(params, ids)
         return last_token(hidden, mask).astype(jnp.float32)
 
-    def apply(params: Params, ids: jax.Array) -> jax.Array:
+    def apply(params: Params, ids: jax.Array, positions: jax.Array | None = None) -> jax.Array:
         if output == "logits":
             body, hidden, _ = run(params, ids)
+            if positions is not None:  # project only the rows asked for: [..., n, H] -> vocab
+                hidden = jnp.take_along_axis(hidden, positions[..., None], axis=-2)
             return lm_logits(cfg, body, hidden)
+        if positions is not None:
+            raise ValueError(f"decoder: positions= selects rows of next-token logits; this "
+                             f"model's output is {output!r}.")
         f = features(params, ids)
         if output == "hidden":
             return f
@@ -729,19 +738,22 @@ def pack(ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     return (jnp.take_along_axis(ids, order, axis=-1), jnp.take_along_axis(mask, order, axis=-1))
 
 
-def continuation_logprob(logits_fn: Callable[[jax.Array], jax.Array], prefix: jax.Array,
-                         prefix_mask: jax.Array, cont: jax.Array,
+def continuation_logprob(logits_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                         prefix: jax.Array, prefix_mask: jax.Array, cont: jax.Array,
                          cont_mask: jax.Array) -> jax.Array:
     """``log p(cont | prefix)`` summed over the continuation's real tokens, ``[...]``.
 
     ``prefix [..., Lp]`` and ``cont [..., Lc]`` broadcast against each other in their leading
     axes; masks are true at real tokens (padding may lie anywhere). The two are concatenated and
     packed (:func:`pack`), so padding lies after every real token and a causal model never
-    attends to it: ``logits_fn(ids [..., Lp + Lc]) -> [..., Lp + Lc, vocab]`` needs no mask.
+    attends to it. ``logits_fn(ids [..., Lp + Lc], positions [..., Lc]) -> [..., Lc, vocab]``
+    needs no mask and returns the next-token logits at ``positions`` only (a decoder's
+    ``apply(params, ids, positions=positions)``): the ``Lc`` rows that predict the
+    continuation, never the whole ``[..., Lp + Lc, vocab]``.
 
     Example (a "model" whose next token is always token 1):
       >>> import jax, jax.numpy as jnp
-      >>> fn = lambda ids: jnp.where(jnp.arange(3) == 1, 0.0, -1e9) * jnp.ones(ids.shape + (3,))
+      >>> fn = lambda ids, at: jnp.where(jnp.arange(3) == 1, 0.0, -1e9) * jnp.ones(at.shape + (3,))
       >>> p, c = jnp.array([[2, 2]]), jnp.array([[1], [2]])
       >>> lp = continuation_logprob(fn, p, p > 0, c, c > 0)
       >>> [round(float(v)) for v in lp]
@@ -755,12 +767,11 @@ def continuation_logprob(logits_fn: Callable[[jax.Array], jax.Array], prefix: ja
                            jnp.broadcast_to(cont_mask, (*lead, lc)))
     ids, mask = pack(jnp.concatenate([prefix, cont], -1),
                      jnp.concatenate([prefix_mask, cont_mask], -1))
-    logits = logits_fn(ids)
     total, n_cont = mask.sum(-1), cont_mask.sum(-1)
     j = jnp.arange(lc)
     # Token j of the continuation sits at total - n_cont + j; the logits before it predict it.
     where = jnp.clip(total[..., None] - n_cont[..., None] + j - 1, 0, ids.shape[-1] - 1)
-    rows = jnp.take_along_axis(logits, where[..., None], axis=-2)  # [..., Lc, V]
+    rows = logits_fn(ids, where)  # [..., Lc, V]
     logp = jax.nn.log_softmax(rows.astype(jnp.float32), axis=-1)
     picked = jnp.take_along_axis(logp, cont[..., None], axis=-1)[..., 0]
     return jnp.sum(jnp.where(cont_mask, picked, 0.0), axis=-1)
@@ -795,7 +806,8 @@ def label_tokens(labels: Sequence, vocab_size: int, classes: int | None = None) 
 
 def verbalizer(lm: Model, labels: np.ndarray, scoring: str = "direct",
                pad_token_id: int | None = None) -> Model:
-    """A classifier from a language model ``lm`` (``apply -> [..., L, vocab]``) whose class
+    """A classifier from a language model ``lm`` (``apply(params, ids, positions=None) ->
+    [..., L, vocab]``, as :func:`decoder` with ``output="logits"``) whose class
     scores are ``log p(label_c | x)`` (``"direct"``) or ``log p(x | label_c)`` (``"channel"``).
 
     ``labels`` is :func:`label_tokens`' array; ``x``'s tokens equal to ``pad_token_id`` are
@@ -817,7 +829,7 @@ def verbalizer(lm: Model, labels: np.ndarray, scoring: str = "direct",
 
     def apply(params: Params, x: jax.Array) -> jax.Array:
         mask = jnp.ones(x.shape, bool) if pad_token_id is None else x != pad_token_id
-        fn = functools.partial(lm.apply, params)
+        fn = lambda ids, at: lm.apply(params, ids, positions=at)  # noqa: E731
         x, mask = x[..., None, :], mask[..., None, :]
         if scoring == "direct":
             return continuation_logprob(fn, x, mask, labels, label_mask)

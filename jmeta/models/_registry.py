@@ -19,8 +19,10 @@ class ModelSpec(NamedTuple):
         the support set).
       shared_weights: the learner's tasks all use the network's meta-parameters (metric learners,
         transfer baselines), rather than adapting weights of their own.
-      next_tokens: the learner reads a language model's next-token logits ``[..., L, vocab]``
-        (MetaICL); only models registered with ``language_model=True`` give them.
+      next_tokens: the learner reads a language model's next-token logits: the model's
+        ``apply(params, ids, positions=None)`` returns ``[..., L, vocab]``, or the rows at
+        ``positions [..., n]`` only (MetaICL); only models registered with
+        ``language_model=True`` give them.
 
     Example:
       >>> ModelSpec((28, 28, 1), "images", 5).outputs
