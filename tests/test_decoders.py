@@ -85,7 +85,7 @@ def _random_adapters(params, key):
 def test_lora_equals_merged_weights_in_its_last_layers():
     """Adapters on the last 2 of 3 layers equal the backbone with ``W + (alpha/r) A B`` merged
     into those layers' kernels, and fresh adapters change nothing."""
-    targets = ("q", "v", "gate", "down")
+    targets = ("q", "k", "v", "o", "gate", "up", "down")
     model = decoder(TINY, lora_targets=targets, lora_rank=2, lora_alpha=6.0, lora_layers=2)
     params = model.init(jax.random.key(0))
     ids = jax.random.randint(jax.random.key(1), (2, 9), 0, TINY.vocab_size)
