@@ -20,8 +20,12 @@
 #    $PEER_WHEELS (filled by benchmarks/peers/download.sh on a machine with an index; or from
 #    the index with PEERS_ONLINE=1); without either, or if that fails, torchfunc (torch alone)
 #    still runs. PEERS=0 skips this step.
-# 3. `jmeta bench core`, 3 repetitions of at least 0.5 s per workload.
-# 4. `jmeta bench scaling` with the time that is left.
+# 3. `jmeta bench tta` (time to accuracy) for ProtoNets and MAML 5w1s on Omniglot against the
+#    PyTorch peers found in step 2, TTA_S training seconds each (default 60; TTA=0 skips; needs
+#    Omniglot in $DATA, default ../shared/data); it runs before the peers' speed comparison,
+#    which gets what is left of its half of the budget.
+# 4. `jmeta bench core`, 3 repetitions of at least 0.5 s per workload.
+# 5. `jmeta bench scaling` with the time that is left.
 #
 # Each step gets the budget that is left (each workload also has its own --timeout,
 # $WORKLOAD_TIMEOUT_S). A step that fails or runs out of time does not stop the script: the
@@ -80,7 +84,8 @@ mkdir -p "$RESULTS"
 copy_out() {  # the tables and JSON, and one archive of the folder with the plots (few files)
   if [ -n "${OUT:-}" ] && [ -d "$RESULTS" ]; then
     mkdir -p "$OUT"
-    cp "$RESULTS"/bench-*.json "$RESULTS"/bench-*.md "$RESULTS"/peers.* "$OUT/" 2>/dev/null || true
+    cp "$RESULTS"/bench-*.json "$RESULTS"/bench-*.md "$RESULTS"/peers.* "$RESULTS"/tta_* "$OUT/" \
+      2>/dev/null || true
     tar -czf "$OUT/bench-$HW.tar.gz" -C "$RESULTS" . && say "results copied to $OUT"
   fi
 }
@@ -96,7 +101,7 @@ suite() {  # suite NAME [ARGS...]: one jmeta bench suite within the budget that 
     || say "jmeta bench $name exited with status $? (results kept)"
 }
 
-# --- 2. the PyTorch peers on the same device, first: the comparison the GPU target is about --
+# --- 2. the PyTorch peers on the same device: which libraries import (they run after step 3) --
 DEVICE=cuda
 [ "$HW" = "${HW#cpu-}" ] || DEVICE=cpu  # a dry run on a CPU machine (ALLOW_CPU=1)
 PEERS_PY="$(command -v "${PEERS_PYTHON:-$PY}" || echo "${PEERS_PYTHON:-$PY}")"
@@ -118,25 +123,59 @@ sys.exit('$DEVICE' == 'cuda' and not torch.cuda.is_available())" 2>/dev/null; th
       say "peers' setup failed (tail of $RESULTS/peers-setup.log below): torchfunc only"
       tail -5 "$RESULTS/peers-setup.log" || true
     fi
-    t=$(left)
-    [ "$t" -le $((BUDGET_S / 2)) ] || t=$((BUDGET_S / 2))  # at most half: the core suite follows
-    if [ "$t" -ge 60 ]; then
-      say "compare_peers.py --device $DEVICE, $LIBS on $PEER_WORKLOADS (${t} s left)"
-      PYTHONPATH="$PEER_PATH" timeout "$t" "$JPY" benchmarks/compare_peers.py \
-        --device "$DEVICE" --rounds 1 --reps 3 \
-        --workloads "$PEER_WORKLOADS" --libraries "$LIBS" --peers-python "$PEERS_PY" \
-        --timeout "$WORKLOAD_TIMEOUT_S" --out "$RESULTS" \
-        || say "compare_peers.py exited with status $? (what it wrote is kept)"
-    else
-      say "budget spent, skipping the peers"
-    fi
+    PEERS_READY=1  # compare_peers.py runs after the time-to-accuracy step
   else
     say "$PEERS_PY has no torch for --device $DEVICE: no peers"
   fi
 fi
 
-# --- 3. the core suite -----------------------------------------------------------------------
+# --- 3. time to accuracy: ProtoNets and MAML 5w1s on Omniglot, jmeta then the peer ---------------
+# `jmeta bench tta` with TTA_S training seconds per library (default 60), one library at a time
+# on the accelerator (--schedule alternate), the peer on the same device; Omniglot from $DATA
+# (default ../shared/data). TTA=0 skips it; each run is skipped when too little budget is left.
+TTA_S=${TTA_S:-60}
+DATA=${DATA:-../shared/data}
+tta() {  # tta CONFIG PEER TARGET [OVERRIDES...]
+  local config=$1 peer=$2 target=$3 t need
+  shift 3
+  t=$(left)
+  need=$((TTA_S * 2 + 120))  # both trainings, compiles, start-up and the tests of the snapshots
+  if [ "$t" -lt "$need" ]; then say "skipping bench tta $config (${t} s left, needs ${need})"; return; fi
+  local peer_args=()
+  if [ "${PEERS:-1}" = 1 ] && [ -n "${LIBS:-}" ]; then
+    [ "$peer" = learn2learn ] && [ "${LIBS#*learn2learn}" = "$LIBS" ] && peer=pytorch
+    peer_args=(--peer "$peer" --peer-python "$PEERS_PY" --peer-device "$DEVICE")
+  fi
+  say "jmeta bench tta $config ${peer_args[*]:-(no peer)} (${t} s left)"
+  PYTHONPATH="${PEER_PATH:-}" timeout "$t" "$JPY" -m jmeta.bench tta "$config" "$@" \
+    --target "$target" --budget "$TTA_S" --schedule alternate --data-dir "$DATA" --out "$RESULTS" \
+    ${peer_args[@]+"${peer_args[@]}"} || say "bench tta $config exited with status $?"
+}
+if [ "${TTA:-1}" = 1 ] && [ -d "$DATA/omniglot" ]; then
+  tta configs/omniglot_protonets.py:5w1s pytorch 97 data.ways=20 data.queries=15 \
+    optimizer.schedule=constant
+  tta configs/omniglot_maml.py:5w1s learn2learn 95
+elif [ "${TTA:-1}" = 1 ]; then
+  say "no Omniglot at $DATA/omniglot: skipping bench tta (DATA=... points at the datasets)"
+fi
+
+if [ "${PEERS_READY:-0}" = 1 ]; then
+  t=$(left)
+  [ "$t" -le $((BUDGET_S / 2)) ] || t=$((BUDGET_S / 2))  # at most half: the core suite follows
+  if [ "$t" -ge 60 ]; then
+    say "compare_peers.py --device $DEVICE, $LIBS on $PEER_WORKLOADS (${t} s left)"
+    PYTHONPATH="$PEER_PATH" timeout "$t" "$JPY" benchmarks/compare_peers.py \
+      --device "$DEVICE" --rounds 1 --reps 3 \
+      --workloads "$PEER_WORKLOADS" --libraries "$LIBS" --peers-python "$PEERS_PY" \
+      --timeout "$WORKLOAD_TIMEOUT_S" --out "$RESULTS" \
+      || say "compare_peers.py exited with status $? (what it wrote is kept)"
+  else
+    say "budget spent, skipping the peers"
+  fi
+fi
+
+# --- 4. the core suite -----------------------------------------------------------------------
 suite core --reps 3 --min-rep-s 0.5
 
-# --- 4. the scaling curves with what is left ---------------------------------------------------
+# --- 5. the scaling curves with what is left ---------------------------------------------------
 suite scaling

@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["_one"], ["_info"]):
         return _measure_here(argv)
+    if argv[:1] == ["_tta_jmeta"]:  # the jmeta side of `jmeta bench tta`, in its own process
+        from jmeta.train import train_and_test
+
+        train_and_test(argv[1])
+        return 0
+    if argv[:1] == ["tta"]:  # time to accuracy against a PyTorch peer: jmeta bench tta --help
+        return _tta(argv[1:])
     if argv[:1] == ["plan"]:  # compile full-size decoders from shapes: jmeta bench plan --help
         from jmeta.bench._plan import main as plan_main
 
@@ -51,6 +58,68 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jmeta: error: {err}", file=sys.stderr)
         return 2
     return 0 if any("error" not in r for r in res["rows"]) else 1
+
+
+def tta_parser() -> argparse.ArgumentParser:
+    """The options of ``jmeta bench tta``."""
+    p = argparse.ArgumentParser(prog="jmeta bench tta", description=(
+        "Time to accuracy: train CONFIG (and a PyTorch peer on the same protocol, in the same "
+        "sitting) for a budget of training seconds, snapshot the parameters at marks, test "
+        "every snapshot afterwards on the same test episodes, and report accuracy against "
+        "training seconds, the time to each target and the ratio (JSON, Markdown, PNG)."))
+    p.add_argument("config", help="config file, e.g. configs/omniglot_protonets.py:5w1s")
+    p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    p.add_argument("--target", type=float, action="append", required=True,
+                   help="test accuracy (%%) to time; repeat for several")
+    p.add_argument("--budget", type=float, default=600.0,
+                   help="training seconds per library (default 600)")
+    p.add_argument("--peer", choices=("pytorch", "learn2learn"),
+                   help="the peer: plain PyTorch (protonets, maml, fomaml) or learn2learn "
+                        "(maml, fomaml); default none")
+    p.add_argument("--peer-python", help="Python with torch (default $PEERS_PYTHON, else "
+                                         ".venv-peers/bin/python)")
+    p.add_argument("--peer-device", default="cpu", help="the peer's torch device (cuda on a GPU "
+                                                         "machine; default cpu)")
+    p.add_argument("--schedule", choices=("parallel", "alternate"), default="parallel",
+                   help="parallel: both at once, each pinned to one core (default); "
+                        "alternate: one after the other on every core")
+    p.add_argument("--cores", help="with parallel: jmeta's core and the peer's, e.g. 0,1")
+    p.add_argument("--marks", help="comma-separated training seconds to snapshot at "
+                                   "(default 15, 30, 60, ... and every tenth of the budget)")
+    p.add_argument("--tasks", type=int, default=600, help="test episodes (default 600)")
+    p.add_argument("--data-dir", help="dataset folder")
+    p.add_argument("--work", help="work folder (default: the cache, ~/.cache/jmeta/tta/NAME)")
+    p.add_argument("--out", help="output folder (default benchmarks/results/<hardware>)")
+    return p
+
+
+def _tta(argv: list[str]) -> int:
+    args = tta_parser().parse_args(argv)
+    from jmeta.bench._measure import hardware_name
+    from jmeta.core import ConfigError
+    from jmeta.train import time_to_accuracy
+
+    try:
+        cores = [int(c) for c in args.cores.split(",")] if args.cores else None
+        marks = [float(m) for m in args.marks.split(",")] if args.marks else None
+    except ValueError:
+        print("jmeta: error: --cores and --marks are comma-separated numbers.", file=sys.stderr)
+        return 2
+    out = args.out or f"benchmarks/results/{hardware_name()}"
+    try:
+        res = time_to_accuracy(args.config, args.overrides, targets=args.target,
+                               budget_s=args.budget, peer=args.peer, peer_python=args.peer_python,
+                               peer_device=args.peer_device,
+                               schedule=args.schedule, cores=cores, marks=marks,
+                               tasks=args.tasks, out=out, work=args.work,
+                               data_dir=args.data_dir)
+    except (ConfigError, RuntimeError) as err:
+        print(f"jmeta: error: {err}", file=sys.stderr)
+        return 2
+    from jmeta.train import tta_markdown
+
+    print(tta_markdown(res))
+    return 0
 
 
 def _measure_here(argv: list[str]) -> int:

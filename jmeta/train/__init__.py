@@ -36,4 +36,7 @@ from jmeta.train._tracking import Tracking as Tracking
 from jmeta.train._tracking import eval_metrics as eval_metrics
 from jmeta.train._tracking import open_tracking as open_tracking
 from jmeta.train._training import NonFiniteLossError as NonFiniteLossError
+from jmeta.train._tta import time_to_accuracy as time_to_accuracy
+from jmeta.train._tta import train_and_test as train_and_test
+from jmeta.train._tta import tta_markdown as tta_markdown
 from jmeta.train._training import train as train
