@@ -28,6 +28,9 @@ def test_protocol_and_options_are_checked_before_anything_runs(tmp_path):
         time_to_accuracy(PROTONETS, peer="learn2learn", peer_python="python3", **common)
     with pytest.raises(ConfigError, match="two distinct cores"):
         time_to_accuracy(PROTONETS, peer="pytorch", peer_python="python3", cores=(0, 0), **common)
+    with pytest.raises(ConfigError, match="may change training only"):
+        time_to_accuracy(PROTONETS, peer="pytorch", peer_python="python3",
+                         peer_overrides=["eval.ways=20"], **common)
     with pytest.raises(ConfigError, match="marks must lie"):
         time_to_accuracy(PROTONETS, marks=(5, 20), **common)
     with pytest.raises(ConfigError, match="targets are accuracies"):

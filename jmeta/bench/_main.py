@@ -80,6 +80,8 @@ def tta_parser() -> argparse.ArgumentParser:
                                          ".venv-peers/bin/python)")
     p.add_argument("--peer-device", default="cpu", help="the peer's torch device (cuda on a GPU "
                                                          "machine; default cpu)")
+    p.add_argument("--peer-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for the peer's training only (its recipe); repeat")
     p.add_argument("--schedule", choices=("parallel", "alternate"), default="parallel",
                    help="parallel: both at once, each pinned to one core (default); "
                         "alternate: one after the other on every core")
@@ -109,7 +111,7 @@ def _tta(argv: list[str]) -> int:
     try:
         res = time_to_accuracy(args.config, args.overrides, targets=args.target,
                                budget_s=args.budget, peer=args.peer, peer_python=args.peer_python,
-                               peer_device=args.peer_device,
+                               peer_device=args.peer_device, peer_overrides=args.peer_set,
                                schedule=args.schedule, cores=cores, marks=marks,
                                tasks=args.tasks, out=out, work=args.work,
                                data_dir=args.data_dir)

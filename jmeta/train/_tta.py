@@ -305,6 +305,12 @@ def tta_markdown(res: dict) -> str:
         lines += ["", "Peer time / jmeta time: " + ", ".join(
             f"{t:g}%: " + ("-" if res["ratio"][_key(t)] is None else f"{res['ratio'][_key(t)]:.2f}x")
             for t in targets) + "."]
+    if res.get("peer_overrides"):
+        q = res["peer_protocol"]
+        lines += ["", f"The peer trains on its own recipe ({' '.join(res['peer_overrides'])}): "
+                  f"{q['train']['ways']}-way {q['train']['shots']}-shot, {q['train']['queries']} "
+                  f"queries, meta-batch {q['train']['meta_batch']}, Adam "
+                  f"{q['optimizer']['lr']:g} ({q['optimizer']['schedule']})."]
     lines += ["", "| library | mark s | training s | step | accuracy (%) |", "|---|---|---|---|---|"]
     for name, s in res["summary"].items():
         for c in s["curve"]:
@@ -359,6 +365,7 @@ def time_to_accuracy(
     peer: str | None = None,
     peer_python: str | None = None,
     peer_device: str = "cpu",
+    peer_overrides: Sequence[str] = (),
     schedule: str = "parallel",
     cores: Sequence[int] | None = None,
     marks: Sequence[float] | None = None,
@@ -377,7 +384,8 @@ def time_to_accuracy(
     ``cores[1]`` (default the first two of this process's cores; torch one thread);
     ``"alternate"`` runs jmeta, then the peer, each on every core. ``peer_python`` is the
     Python that imports torch (and learn2learn), default ``$PEERS_PYTHON`` or
-    ``.venv-peers/bin/python``; ``peer_device`` its torch device (``"cuda"`` on a GPU machine,
+    ``.venv-peers/bin/python``; ``peer_overrides`` change the peer's training recipe only
+    (its test episodes stay jmeta's); ``peer_device`` its torch device (``"cuda"`` on a GPU machine,
     with ``schedule="alternate"``: one accelerator, one library at a time). Every option is checked before anything is trained.
 
     Example (about two minutes on a CPU; the peer needs torch)::
@@ -403,6 +411,16 @@ def time_to_accuracy(
         cfg = cfg.replace(data=dict(data_dir=str(Path(data_dir).expanduser().absolute())))
     cfg = check_config(cfg)
     proto = protocol(cfg)
+    peer_proto = proto
+    if peer_overrides:  # the peer on its own recipe (its training), tested on the same episodes
+        pcfg = load_config(config, [*overrides, *peer_overrides])
+        if data_dir:
+            pcfg = pcfg.replace(data=dict(data_dir=cfg.data.data_dir))
+        peer_proto = protocol(pcfg)
+        if peer_proto["test"] != proto["test"] or peer_proto["algorithm"] != proto["algorithm"]:
+            raise ConfigError("bench tta: --peer-overrides may change training only; the test "
+                              f"episodes and the learner must stay: {proto['test']} against "
+                              f"{peer_proto['test']}.")
     peer_cmd = None
     if peer is not None:
         if peer not in PEERS:
@@ -439,7 +457,7 @@ def time_to_accuracy(
     (work / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     log(f"bench tta: exporting the training split and {tasks} test episodes to {work}")
     digest = export(cfg, work, tasks)
-    spec = dict(protocol=proto, marks=marks, budget_s=float(budget_s), tasks=int(tasks),
+    spec = dict(protocol=peer_proto, jmeta_protocol=proto, marks=marks, budget_s=float(budget_s), tasks=int(tasks),
                 episodes_sha256=digest)
     (work / "tta.json").write_text(json.dumps(spec, indent=1))
 
@@ -482,6 +500,8 @@ def time_to_accuracy(
         got = json.loads((work / "peer.json").read_text())
         libraries[got.get("library", peer)] = got
     result = dict(name=name, config=config, overrides=list(overrides), protocol=proto,
+                  peer_protocol=peer_proto if peer else None,
+                  peer_overrides=list(peer_overrides),
                   targets=list(targets), budget_s=float(budget_s), marks=marks, tasks=int(tasks),
                   schedule=schedule, cores=list(cores or []), wall_s=time.time() - t0,
                   date=time.strftime("%Y-%m-%dT%H:%M:%S"),
