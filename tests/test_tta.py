@@ -64,20 +64,20 @@ def test_times_to_target_and_ratio():
 
 def test_snapshots_are_timed_and_scored_on_the_exported_episodes(tmp_path, omniglot_train,
                                                                  data_cache):
-    """A 2-second jmeta-only run: snapshots at each mark of training time (the compile and the
-    first step left out), each scored on every exported test episode; the last snapshot's
+    """A 1.5-second jmeta-only run: snapshots at each mark of training time (the compile and
+    the first step left out), each scored on every exported test episode; the last snapshot's
     parameters, applied here to episodes.npz (the peer's copy of the episodes), give the same
     per-episode accuracies."""
-    overrides = ["model.filters=8", "data.ways=10", "optimizer.schedule=constant",
-                 f"data.cache_dir={data_cache}"]
-    res = time_to_accuracy(PROTONETS, overrides, targets=(20.0, 100.0), budget_s=2.0,
-                           marks=(0.5, 1.0, 2.0), tasks=12, schedule="alternate",
+    overrides = ["model.filters=4", "data.ways=5", "data.queries=5",
+                 "optimizer.schedule=constant", f"data.cache_dir={data_cache}"]
+    res = time_to_accuracy(PROTONETS, overrides, targets=(20.0, 100.0), budget_s=1.5,
+                           marks=(0.5, 1.0, 1.5), tasks=12, schedule="alternate",
                            data_dir=str(SHARED_DATA), work=tmp_path / "work",
                            out=tmp_path / "out", log=lambda s: None)
     jm = res["libraries"]["jmeta"]
     snaps = jm["snapshots"]
-    assert [s["mark_s"] for s in snaps] == [0.5, 1.0, 2.0]
-    assert all(s["train_s"] >= s["mark_s"] for s in snaps) and jm["train_s"] >= 2.0
+    assert [s["mark_s"] for s in snaps] == [0.5, 1.0, 1.5]
+    assert all(s["train_s"] >= s["mark_s"] for s in snaps) and jm["train_s"] >= 1.5
     assert [s["step"] for s in snaps] == sorted(s["step"] for s in snaps) and snaps[0]["step"] > 0
     assert all(len(s["accuracy"]) == 12 for s in snaps)
     assert res["summary"]["jmeta"]["times"]["100"] is None

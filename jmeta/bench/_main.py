@@ -92,6 +92,8 @@ def tta_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset folder")
     p.add_argument("--work", help="work folder (default: the cache, ~/.cache/jmeta/tta/NAME)")
     p.add_argument("--out", help="output folder (default benchmarks/results/<hardware>)")
+    p.add_argument("--name", help="the result's name: tta_NAME.json/.md/.png (default: the "
+                                  "config's name and the peer's)")
     return p
 
 
@@ -113,7 +115,7 @@ def _tta(argv: list[str]) -> int:
                                budget_s=args.budget, peer=args.peer, peer_python=args.peer_python,
                                peer_device=args.peer_device, peer_overrides=args.peer_set,
                                schedule=args.schedule, cores=cores, marks=marks,
-                               tasks=args.tasks, out=out, work=args.work,
+                               tasks=args.tasks, out=out, work=args.work, name=args.name,
                                data_dir=args.data_dir)
     except (ConfigError, RuntimeError) as err:
         print(f"jmeta: error: {err}", file=sys.stderr)

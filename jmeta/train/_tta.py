@@ -372,13 +372,14 @@ def time_to_accuracy(
     tasks: int = 600,
     out: str | Path | None = None,
     work: str | Path | None = None,
+    name: str | None = None,
     data_dir: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Trains ``config`` (and ``peer`` on the same protocol) for ``budget_s`` training seconds,
     tests the snapshots taken at ``marks`` on ``tasks`` test episodes and returns (and, with
-    ``out``, writes as ``tta_<name>[_<peer>].json/.md/.png``) the curves and times to
-    ``targets``.
+    ``out``, writes as ``tta_<name>.json/.md/.png``; ``name`` defaults to the config's name and
+    the peer's) the curves and times to ``targets``.
 
     ``schedule="parallel"`` runs both at once, jmeta pinned to ``cores[0]`` and the peer to
     ``cores[1]`` (default the first two of this process's cores; torch one thread);
@@ -448,7 +449,7 @@ def time_to_accuracy(
             raise ConfigError(f"bench tta: cores {cores} are not all among this process's "
                               f"{available}.")
 
-    name = cfg.name + (f"_{peer}" if peer else "")
+    name = name or cfg.name + (f"_{peer}" if peer else "")
     work = Path(work) if work else Path(os.environ.get(
         "JMETA_CACHE_DIR", Path.home() / ".cache" / "jmeta")) / "tta" / name
     work.mkdir(parents=True, exist_ok=True)
@@ -463,8 +464,9 @@ def time_to_accuracy(
 
     threads = dict(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TORCH_NUM_THREADS="1")
     jm_env = dict(os.environ)
-    if schedule == "parallel":
-        # One core: XLA's CPU runtime would otherwise size its thread pools from the machine.
+    if schedule == "parallel" and "xla_cpu_multi_thread_eigen" not in jm_env.get("XLA_FLAGS", ""):
+        # One core: XLA's CPU runtime would otherwise size its thread pools from the machine
+        # (an XLA_FLAGS that sets the flag itself is left as it is: the A/B of this choice).
         jm_env["XLA_FLAGS"] = (jm_env.get("XLA_FLAGS", "")
                                + " --xla_cpu_multi_thread_eigen=false").strip()
     jm_cmd = [sys.executable, "-m", "jmeta.bench", "_tta_jmeta", str(work)]
