@@ -59,6 +59,24 @@ def test_mlp_matches_manual_forward_and_pytorch_style_init():
     np.testing.assert_allclose(model.apply(params, x), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("init,var_scale", [("lecun", 1.0), ("torch", 1 / 3)])
+def test_conv4_initialisations_have_their_scales(init, var_scale):
+    """"lecun": variance 1/fan_in, zero biases; "torch": PyTorch's uniform +-1/sqrt(fan_in)
+    for weights and biases (variance 1/(3 fan_in))."""
+    from jmeta.models import conv4
+
+    params = conv4(1, 5, filters=32, strided=True, init=init).init(jax.random.key(0))
+    for name, fan_in in [("conv_0", 9), ("conv_2", 9 * 32), ("head", 32 * 2 * 2)]:
+        w, b = np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])
+        np.testing.assert_allclose(w.var(), var_scale / fan_in, rtol=0.25)
+        if init == "torch":
+            assert np.abs(w).max() <= 1 / np.sqrt(fan_in) and 0 < np.abs(b).max() <= 1 / np.sqrt(fan_in)
+        else:
+            assert not b.any()
+    with pytest.raises(ValueError, match="unknown init='he'.*'lecun', 'torch'"):
+        conv4(1, 5, init="he")
+
+
 def test_model_errors_are_clear():
     with pytest.raises(ValueError, match="positive int"):
         mlp(1, 1, hidden=(0,))

@@ -20,7 +20,11 @@ Episodes are drawn with NumPy on the host as jmeta draws them on the device (cla
 replacement, distinct drawings per class, the class's quarter turns, ``x / 255``); drawing them
 counts as training time, as jmeta's in-graph sampler does. BatchNorm always uses the batch's
 statistics (transductive), as the protocol requires. The network is Conv-4 of
-``_models.py``; its initialisation is PyTorch's, after ``torch.manual_seed(seed)``.
+``_models.py``, initialised after ``torch.manual_seed(seed)`` as the protocol's
+``model.init`` says: ``"torch"`` keeps PyTorch's defaults; ``"lecun"`` (flax's default, jmeta's
+Conv-4 default) redraws every conv and linear weight from a truncated normal of variance
+1 / fan_in and zeroes the biases. A protocol without ``init`` (older work folders) keeps
+PyTorch's.
 """
 
 from __future__ import annotations
@@ -77,6 +81,23 @@ def proto_logits(es: torch.Tensor, ys: torch.Tensor, eq: torch.Tensor, ways: int
     protos = (one_hot.T @ es) / one_hot.sum(0).clamp_min(1.0)[:, None]
     diff = eq[:, None, :] - protos[None, :, :]
     return -(diff * diff).sum(-1)
+
+
+def init_like(model: nn.Module, init: str) -> None:
+    """Re-initialise ``model``'s conv and linear layers as jmeta's Conv-4 ``init`` does."""
+    if init == "torch":
+        return
+    if init != "lecun":
+        raise SystemExit(f"tta_peer: unknown model.init {init!r}; expected 'lecun' or 'torch'.")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                # flax's variance_scaling(1, fan_in, truncated_normal): cut at 2 std, rescaled
+                std = (1.0 / fan_in) ** 0.5 / 0.87962566103423978
+                nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+                if m.bias is not None:
+                    m.bias.zero_()
 
 
 def make_trainer(library: str, proto: dict, model: Net):
@@ -181,7 +202,9 @@ def main(argv=None) -> int:
     tr, te = proto["train"], proto["test"]
     torch.manual_seed(proto["seed"])
     body = Conv4Body(1, proto["model"]["filters"], not proto["model"]["pool"], 28)
-    model = Net(body, None if proto["algorithm"] == "protonets" else tr["ways"]).to(args.device)
+    model = Net(body, None if proto["algorithm"] == "protonets" else tr["ways"])
+    init_like(model, proto["model"].get("init", "torch"))
+    model = model.to(args.device)
     dev = torch.device(args.device)
     episodes = Episodes(work / "train.npz", tr["ways"], tr["shots"], tr["queries"], proto["seed"])
     step, test = make_trainer(args.library, proto, model)

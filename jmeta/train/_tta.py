@@ -110,7 +110,8 @@ def protocol(cfg: Config) -> dict:
     return dict(
         algorithm=name,
         model=dict(filters=int(cfg.model.get("filters", 64)),
-                   pool=not cfg.model.get("strided", False), bn_mode="transductive"),
+                   pool=not cfg.model.get("strided", False), bn_mode="transductive",
+                   init=cfg.model.get("init", "lecun")),
         train=dict(ways=cfg.data.ways, shots=train_shots(cfg), queries=cfg.data.queries,
                    meta_batch=cfg.train.meta_batch_size),
         test=dict(ways=test_ways(cfg), shots=cfg.data.shots, queries=eval_queries(cfg),
@@ -275,8 +276,9 @@ def tta_markdown(res: dict) -> str:
     lines = [f"# Time to accuracy: {res['name']}", "",
              f"{p['algorithm']}, Conv-4 ({p['model']['filters']} filters, "
              f"{'max-pool' if p['model']['pool'] else 'strided'}, BatchNorm "
-             f"{p['model']['bn_mode']}), trained {p['train']['ways']}-way {p['train']['shots']}-"
-             f"shot, {p['train']['queries']} queries, meta-batch {p['train']['meta_batch']}, "
+             f"{p['model']['bn_mode']}, {p['model'].get('init', 'lecun')} init), trained "
+             f"{p['train']['ways']}-way {p['train']['shots']}-shot, {p['train']['queries']} "
+             f"queries, meta-batch {p['train']['meta_batch']}, "
              f"Adam {p['optimizer']['lr']:g} ({p['optimizer']['schedule']}); tested on "
              f"{res['tasks']} {p['test']['ways']}-way {p['test']['shots']}-shot episodes of the "
              f"test classes, {p['test']['queries']} queries per class"
