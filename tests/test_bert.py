@@ -129,6 +129,20 @@ def test_embeddings_match_numpy_reference(path, ids, base):
     np.testing.assert_allclose(np.linalg.norm(ours, axis=-1), 1.0, atol=1e-5)
 
 
+def test_embedding_is_per_text_and_blind_to_trailing_padding(path, ids, base):
+    """What ``per_example`` and ``pad_id`` promise evaluation (jmeta.train.EmbeddingCache): a
+    text's embedding does not depend on the other texts of the batch nor on padding cut off at
+    its end."""
+    params, apply = base
+    model = bert_lora(path, targets=(), max_length=MAX_LENGTH)
+    assert model.per_example and model.pad_id == 0
+    rows = [0, 2]  # the two texts shorter than MAX_LENGTH
+    cut = int((ids[rows] != 0).sum(1).max())
+    assert cut < MAX_LENGTH
+    np.testing.assert_allclose(np.asarray(apply(params, ids[rows, :cut])),
+                               np.asarray(apply(params, ids))[rows], atol=1e-6)
+
+
 def test_lora_with_zero_b_reproduces_base_exactly(path, ids, base):
     params, apply = base
     model = bert_lora(path, targets=("query", "key", "value", "attention_output",

@@ -9,7 +9,7 @@ from jmeta.algorithms._gradient import MetricFn
 from jmeta.algorithms._registry import register
 from jmeta.core._checks import check_choice, check_int
 from jmeta.core._losses import accuracy, cross_entropy_loss
-from jmeta.core._meta import MetaLearner
+from jmeta.core._meta import Embedded, MetaLearner
 from jmeta.core._types import Batch, Episode, Params, PRNGKey
 from jmeta.models._functional import Model
 
@@ -75,7 +75,10 @@ def protonets(
       for "step 0"), the unadapted ProtoNet predicts chance: uniform (all-zero) logits;
     * ``task_grad`` reports ``loss`` (query cross-entropy), ``support_loss_before`` (support
       cross-entropy with the prototypes) and ``metric_fn``'s query metrics;
-    * ``inner_steps`` is 0; ``any_ways`` is True (test on episodes of any number of classes).
+    * ``inner_steps`` is 0; ``any_ways`` is True (test on episodes of any number of classes);
+    * ``embedded`` is set when ``model.per_example``: the inputs matter only through their
+      embeddings, so evaluation embeds each distinct test input once
+      (:class:`jmeta.core.Embedded`).
 
     Args:
       model: the embedding network, a functional :class:`jmeta.models.Model`.
@@ -151,6 +154,12 @@ def protonets(
         (_, metrics), grads = jax.value_and_grad(task_loss, has_aux=True)(meta, episode)
         return grads, metrics
 
+    embedded = None
+    if model.per_example:
+        embedded = Embedded(embed=lambda meta, x: model.apply(meta["model"], x),
+                            learner=protonets(_IDENTITY, ways=ways, distance=distance,
+                                              metric_fn=metric_fn),
+                            pad_id=model.pad_id)
     return MetaLearner(
         init=init,
         adapt=adapt,
@@ -159,7 +168,12 @@ def protonets(
         family=model.family,
         inner_steps=0,
         any_ways=True,
+        embedded=embedded,
     )
+
+
+_IDENTITY = Model(init=lambda key: {}, apply=lambda params, x: x, family="dense")
+"""The embedding of inputs that are embeddings already (``Embedded.learner``)."""
 
 
 register("protonets", protonets, network="embedding")

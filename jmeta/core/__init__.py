@@ -8,6 +8,7 @@ from jmeta.core._inner import support_minibatches as support_minibatches
 from jmeta.core._inner import mse_loss as mse_loss
 from jmeta.core._inner import rule_learns as rule_learns
 from jmeta.core._meta import TASK_MAPS as TASK_MAPS
+from jmeta.core._meta import Embedded as Embedded
 from jmeta.core._meta import MetaLearner as MetaLearner
 from jmeta.core._meta import default_task_map as default_task_map
 from jmeta.core._meta import init_state as init_state

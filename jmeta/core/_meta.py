@@ -151,6 +151,29 @@ def map_tasks(
     return jax.tree.map(lambda x: x / n, total)
 
 
+class Embedded(NamedTuple):
+    """How a learner that sees its inputs only through a per-example embedding runs on
+    embeddings computed beforehand (:attr:`MetaLearner.embedded`).
+
+    Evaluation (:class:`jmeta.train.EmbeddingCache`) then embeds each distinct input of the test
+    episodes once, instead of once per episode it appears in, and runs ``learner`` on the
+    embeddings.
+
+    Attributes:
+      embed: ``(meta_params, x) -> [B, D]``, the embedding of a batch of inputs; each row
+        depends on its own input only (no batch statistics).
+      learner: the same algorithm on embeddings: its ``x`` is ``[..., D]``, its meta-parameters
+        ``learner.init(key)`` (nothing is learned on top of the embedding).
+      pad_id: ``None``, or the id that pads token-id inputs at their end for an embedding that
+        does not change when trailing padding is cut off (attention masks it); evaluation then
+        embeds inputs of similar length together, cut to their longest.
+    """
+
+    embed: Callable[[Params, jax.Array], jax.Array]
+    learner: "MetaLearner"
+    pad_id: int | None = None
+
+
 class MetaLearner(NamedTuple):
     """A meta-learning algorithm as pure functions (see ``jmeta.algorithms`` for factories).
 
@@ -176,6 +199,10 @@ class MetaLearner(NamedTuple):
         pre-trained as a classifier over all base classes on batches of ``b`` examples with
         their global labels in ``episode.query`` (the transfer baselines,
         :func:`jmeta.data.class_batch_sampler`).
+      embedded: ``None``, or an :class:`Embedded` for a learner whose adaptation and
+        predictions use the inputs only through a per-example embedding of fixed parameters
+        (ProtoNets on a model with ``per_example=True``): evaluation embeds each distinct test
+        input once.
     """
 
     init: Callable[[PRNGKey], Params]
@@ -187,6 +214,7 @@ class MetaLearner(NamedTuple):
     uses_step: bool = False
     any_ways: bool = False
     class_batches: int | None = None
+    embedded: Embedded | None = None
 
 
 def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, key: PRNGKey) -> MetaState:

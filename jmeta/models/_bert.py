@@ -484,8 +484,12 @@ def bert_lora(
     def features(params: Params, x: jax.Array) -> jax.Array:
         return merged(params, x).features(x)
 
+    # Each text's output is its own (LayerNorm, no batch statistics), and padding at the end is
+    # masked out of attention and pooling: evaluation may embed each distinct text once, texts
+    # of similar length together (jmeta.core.Embedded).
     return Model(init=init, apply=apply, family="dense",
-                 features=features if num_classes else None, frozen=_backbone)
+                 features=features if num_classes else None, frozen=_backbone,
+                 per_example=True, pad_id=cfg.pad_token_id)
 
 
 def _backbone(path: str) -> bool:

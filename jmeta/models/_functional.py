@@ -46,6 +46,12 @@ class Model(NamedTuple):
         (the pretrained encoder under LoRA adapters, paths such as ``"backbone/layer_0/query/
         kernel"``): learners built from a config leave them out of the inner loop, the outer
         optimizer keeps no state for them and run checkpoints do not save them.
+      per_example: ``True`` when each row of ``apply``'s output depends on that row's input
+        alone (no batch statistics): the BERT encoder. Learners that only embed their inputs
+        (ProtoNets) then let evaluation embed each distinct test input once
+        (:class:`jmeta.core.Embedded`). ``False`` (the default) is always safe.
+      pad_id: ``None``, or, for a model of token ids whose output does not change when
+        padding at the end of the sequence is cut off (attention masks it), the padding id.
     """
 
     init: Callable[[PRNGKey], Params]
@@ -55,6 +61,8 @@ class Model(NamedTuple):
     stats_apply: Callable[[Params, jax.Array], Params] | None = None
     features: Callable[[Params, jax.Array], jax.Array] | None = None
     frozen: Callable[[str], bool] | None = None
+    per_example: bool = False
+    pad_id: int | None = None
 
 
 def linear_head(params: Params, features: jax.Array) -> jax.Array:

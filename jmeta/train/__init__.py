@@ -14,6 +14,7 @@ from jmeta.train._config import Section as Section
 from jmeta.train._config import load_config as load_config
 from jmeta.train._config import parse_overrides as parse_overrides
 from jmeta.train._config import validate as validate
+from jmeta.train._eval import EmbeddingCache as EmbeddingCache
 from jmeta.train._eval import adaptation_curves as adaptation_curves
 from jmeta.train._eval import mean_ci95 as mean_ci95
 from jmeta.train._eval import train_pretrained as train_pretrained

@@ -27,6 +27,7 @@ from jmeta.train._build import (
 from jmeta.train._checkpoint import restore_tree
 from jmeta.train._config import Config
 from jmeta.train._eval import (
+    EmbeddingCache,
     adaptation_at,
     adaptation_curves,
     finetune_curves,
@@ -55,19 +56,29 @@ def _metric(task: Task):
 
 def curves(task: Task, learner, params, key, n: int, max_steps: int, split: str, task_map: str,
            *, lr: float | None = None, model=None, only: tuple | None = None,
-           fingerprint=None) -> np.ndarray:
+           fingerprint=None, embed_once: bool = True) -> np.ndarray:
     """Per-task test metric after 0..max_steps inner steps, over ``n`` tasks of ``split``.
 
     A dataset with ``sparse_eval`` (text), given ``only`` (the step counts reported), evaluates
     the query set after those counts only (:func:`adaptation_at`; the other columns are NaN).
     With ``lr``, plain SGD fine-tuning of ``model`` from ``params`` (the regression baseline).
-    ``fingerprint``, a ``hashlib`` object, is updated with every test episode's arrays."""
+    ``fingerprint``, a ``hashlib`` object, is updated with every test episode's arrays.
+    ``embed_once`` (default) runs a learner with ``embedded`` on embeddings of the distinct test
+    inputs (:class:`jmeta.train.EmbeddingCache`); the scores are the same."""
     metric = _metric(task)
     out = []
+    # A learner that only embeds its inputs (ProtoNets on BERT) runs on embeddings, each
+    # distinct test input embedded once (the same texts recur across episodes).
+    cache = (EmbeddingCache(learner, params) if embed_once and lr is None and learner is not None
+             and learner.embedded is not None else None)
+    if cache is not None:
+        learner, params = cache.learner, cache.learner.init(jax.random.key(0))
     for tasks in task.test_tasks(key, n, split):
         if fingerprint is not None:
             for leaf in jax.tree.leaves(tasks):
                 fingerprint.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+        if cache is not None:
+            tasks = cache.tasks(tasks)
         size = count_tasks(tasks)
         chunk = eval_chunk(task, size)
         # Fewer tasks at once than were gathered: one vmapped chunk after another bounds memory.
@@ -107,6 +118,7 @@ def evaluate(
     k_shot: int | None = None,
     queries: int | None = None,
     chunk_size: int | None = None,
+    embed_once: bool = True,
 ) -> dict:
     """Meta-tests a run: ``num_tasks`` new tasks (default ``eval.tasks`` of its config), the test
     metric's mean and 95% CI after each count in ``steps``. Regression runs add the pretrained
@@ -119,7 +131,9 @@ def evaluate(
     class) change the test episodes, e.g. to test a ProtoNet trained 60-way on 5-way tasks;
     learners with a ``ways``-sized head cannot change ``ways``. ``chunk_size`` (default: the
     config's ``eval.chunk_size``) is how many tasks are adapted together; it bounds memory and
-    leaves the scores as they are.
+    leaves the scores as they are. ``embed_once=False`` embeds every episode's inputs anew even
+    for a learner that could embed each distinct input once (ProtoNets on the BERT encoder;
+    :class:`jmeta.train.EmbeddingCache`): the same scores, slower; for measuring the two.
 
     Writes ``eval.json`` into the run directory (and, for classification, a copy under
     ``evals/<ways>w<k_shot>s.json``) and returns its content.
@@ -149,7 +163,7 @@ def evaluate(
     t = time.perf_counter()
     fingerprint = hashlib.sha256()
     c = curves(task, setup.learner, meta, test_key, n, max_steps, cfg.eval.split,
-               setup.task_map, only=steps, fingerprint=fingerprint)
+               setup.task_map, only=steps, fingerprint=fingerprint, embed_once=embed_once)
     rows = {name: {str(s): mean_ci95(c[:, s]) for s in steps}}
     per_task = {name: {str(s): scores(c[:, s]) for s in steps}}
     eval_s = time.perf_counter() - t
