@@ -242,7 +242,8 @@ def classification_section(runs: list[dict], out: Path) -> list[str]:
                                            r["name"])):
         cfg, res = run["config"], run["results"]
         base = _config_base(cfg)
-        full_steps = full.setdefault(base, _full_steps(base))
+        row = cfg.name.rsplit("-", 1)[-1]
+        full_steps = full.setdefault((base, row), _full_steps(base, row))
         for ev in sorted(run["evals"], key=lambda e: (e["ways"], e["k_shot"])):
             alg = cfg.learner.name
             result = ev["results"][alg]
