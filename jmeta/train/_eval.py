@@ -294,7 +294,7 @@ class EmbeddingCache:
         self.batch_size = int(batch_size)
         self._embed = _jitted_embed(self.embedded.embed)
         self._index: dict[bytes, int] = {}
-        self._table: list[np.ndarray] = []
+        self._table: np.ndarray | None = None  # [size, D], rows in the order of _index
 
     @property
     def size(self) -> int:
@@ -314,7 +314,7 @@ class EmbeddingCache:
         else:
             pad, lengths = None, np.zeros(len(rows), int)
         order = np.argsort(lengths, kind="stable")
-        out = [None] * len(rows)
+        out = None
         for i in range(0, len(rows), b):
             sel = order[i:i + b]
             x = rows[sel]
@@ -325,9 +325,10 @@ class EmbeddingCache:
             if len(x) < b:  # one shape per length: fill the last batch with its first row
                 x = np.concatenate([x, np.repeat(x[:1], b - len(x), axis=0)])
             e = np.asarray(jax.device_get(self._embed(self.meta_params, jnp.asarray(x))))
-            for j, k in enumerate(sel):
-                out[k] = e[j]
-        return np.stack(out)
+            if out is None:
+                out = np.empty((len(rows),) + e.shape[1:], e.dtype)
+            out[sel] = e[:len(sel)]
+        return out
 
     def embed(self, x) -> np.ndarray:
         """Embeddings ``[T, N, D]`` of the inputs ``x`` ``[T, N, *input_shape]`` of one set of
@@ -339,18 +340,17 @@ class EmbeddingCache:
         lead = x.shape[:2]
         rows = np.ascontiguousarray(x.reshape((-1,) + x.shape[2:]))
         keys = [r.tobytes() for r in rows]
-        new, seen = [], {}
+        new = {}  # first row of each input not embedded yet, in order
         for i, k in enumerate(keys):
-            if k not in self._index and k not in seen:
-                seen[k] = i
-                new.append(i)
+            if k not in self._index:
+                new.setdefault(k, i)
         if new:
-            emb = self._embed_rows(rows[new])
-            for k, e in zip(seen, emb):
-                self._index[k] = len(self._table)
-                self._table.append(e)
-        table = np.stack(self._table)
-        return table[np.asarray([self._index[k] for k in keys])].reshape(lead + table.shape[1:])
+            emb = self._embed_rows(rows[list(new.values())])
+            base = self.size
+            self._index.update((k, base + j) for j, k in enumerate(new))
+            self._table = emb if self._table is None else np.concatenate([self._table, emb])
+        index = np.fromiter((self._index[k] for k in keys), np.int64, len(keys))
+        return self._table[index].reshape(lead + self._table.shape[1:])
 
     def tasks(self, tasks: TaskBatch) -> TaskBatch:
         """``tasks`` (a task batch) with each set's inputs replaced by their embeddings."""
